@@ -8,3 +8,47 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path
+
+import pytest
+
+SAMPLE_JA = (
+    "こんにちは。今日はいい天気ですね。散歩に行きましょう！\n"
+    "「情けは人のためならず」は、人に親切にすると巡り巡って自分に良いことが返ってくる、という意味です。\n"
+    "東京は日本の首都です。京都には古いお寺がたくさんあります。\n"
+    "日本語の文章には、ひらがな・カタカナ・漢字が使われます。\n"
+    "Hello, world! 123 + 456 = 579.\n"
+)
+
+
+def train_llama_tokenizer(directory: Path, text: str, vocab_size: int) -> object:
+    """A Llama-style sentencepiece BPE tokenizer (byte fallback) trained on ``text``, loaded by transformers."""
+    import sentencepiece as spm
+    from transformers import LlamaTokenizer
+
+    directory.mkdir(parents=True, exist_ok=True)
+    corpus = directory / "corpus.txt"
+    corpus.write_text(text * 3, encoding="utf-8")
+    spm.SentencePieceTrainer.train(
+        input=str(corpus),
+        model_prefix=str(directory / "tokenizer"),
+        vocab_size=vocab_size,
+        model_type="bpe",
+        byte_fallback=True,
+        character_coverage=0.98,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        normalization_rule_name="identity",
+        num_threads=1,
+        minloglevel=2,
+    )
+    return LlamaTokenizer.from_pretrained(str(directory))
+
+
+@pytest.fixture(scope="session")
+def llama_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """A small Llama-2-style tokenizer: many kanji fall back to bytes, as in the real vocabulary."""
+    return train_llama_tokenizer(tmp_path_factory.mktemp("llama_tokenizer"), SAMPLE_JA, vocab_size=400)

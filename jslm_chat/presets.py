@@ -1,0 +1,107 @@
+"""Model presets: hub id, prompt format, context length, system prompt and sampling defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+LLAMA2_FORMAT = "llama2"
+ALPACA_JA_FORMAT = "alpaca_ja"
+
+DEFAULT_SYSTEM_PROMPT = "あなたは役立つアシスタントです。"
+ALPACA_JA_PREAMBLE = (
+    "以下は、タスクを説明する指示と、文脈のある入力の組み合わせです。要求を適切に満たす応答を書きなさい。"
+)
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """Starting values of the sampling sliders for one model."""
+
+    max_new_tokens: int = 512
+    temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int = 50
+    repetition_penalty: float = 1.1
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """Everything the app needs to know about a model besides its weights."""
+
+    key: str
+    model_id: str
+    display_name: str
+    prompt_format: str
+    context_length: int
+    system_prompt: str
+    sampling: SamplingDefaults
+
+    def fitted_to_context(self, context_length: int) -> ModelPreset:
+        """This preset for a model whose window is ``context_length`` tokens (a quarter for the reply)."""
+        budget = max(1, context_length // 4)
+        sampling = dataclasses.replace(self.sampling, max_new_tokens=min(self.sampling.max_new_tokens, budget))
+        return dataclasses.replace(self, context_length=context_length, sampling=sampling)
+
+
+PRESETS: dict[str, ModelPreset] = {
+    preset.key: preset
+    for preset in (
+        ModelPreset(
+            key="instruct-beta-7b",
+            model_id="stabilityai/japanese-stablelm-instruct-beta-7b",
+            display_name="Japanese StableLM Instruct Beta 7B",
+            prompt_format=LLAMA2_FORMAT,
+            context_length=4096,
+            system_prompt=DEFAULT_SYSTEM_PROMPT,
+            sampling=SamplingDefaults(),
+        ),
+        ModelPreset(
+            key="instruct-ja_vocab-beta-7b",
+            model_id="stabilityai/japanese-stablelm-instruct-ja_vocab-beta-7b",
+            display_name="Japanese StableLM Instruct JA-Vocab Beta 7B",
+            prompt_format=LLAMA2_FORMAT,
+            context_length=4096,
+            system_prompt=DEFAULT_SYSTEM_PROMPT,
+            sampling=SamplingDefaults(),
+        ),
+        ModelPreset(
+            key="instruct-beta-70b",
+            model_id="stabilityai/japanese-stablelm-instruct-beta-70b",
+            display_name="Japanese StableLM Instruct Beta 70B",
+            prompt_format=LLAMA2_FORMAT,
+            context_length=4096,
+            system_prompt=DEFAULT_SYSTEM_PROMPT,
+            sampling=SamplingDefaults(),
+        ),
+        ModelPreset(
+            key="instruct-gamma-7b",
+            model_id="stabilityai/japanese-stablelm-instruct-gamma-7b",
+            display_name="Japanese StableLM Instruct Gamma 7B",
+            prompt_format=ALPACA_JA_FORMAT,
+            context_length=32768,
+            system_prompt=ALPACA_JA_PREAMBLE,
+            sampling=SamplingDefaults(temperature=1.0, top_p=0.95, repetition_penalty=1.05),
+        ),
+    )
+}
+
+DEFAULT_PRESET_KEY = "instruct-beta-7b"
+
+
+def resolve_preset(model: str) -> ModelPreset:
+    """Find the preset for a preset key, a hub id or a local directory.
+
+    A known key or hub id gets its own preset (case-insensitive). A local directory or any other
+    id is treated as a Llama-2 chat model (the beta prompt format); the engine fits the context
+    length to the model's config once loaded.
+    """
+    wanted = model.strip().rstrip("/")
+    for preset in PRESETS.values():
+        if wanted.lower() in (preset.key.lower(), preset.model_id.lower()):
+            return preset
+    base = PRESETS[DEFAULT_PRESET_KEY]
+    local = Path(wanted).expanduser()
+    name = local.name or wanted
+    return dataclasses.replace(base, key=wanted, model_id=wanted, display_name=name)

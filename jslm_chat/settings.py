@@ -1,0 +1,148 @@
+"""App settings from command-line flags and ``JSLM_*`` environment variables (flags win)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from .engine import DEVICE_CHOICES, DTYPE_CHOICES
+from .presets import DEFAULT_PRESET_KEY, PRESETS
+
+TRUE_WORDS = {"1", "true", "yes", "on"}
+FALSE_WORDS = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything ``app.py`` needs to load the model and serve the UI."""
+
+    model: str = DEFAULT_PRESET_KEY
+    demo: bool = False
+    device: str = "auto"
+    dtype: str = "auto"
+    host: str = "127.0.0.1"
+    port: int = 7860
+    share: bool = False
+    concurrency: int = 1
+    queue_size: int = 16
+    max_new_tokens_limit: int = 2048
+
+
+def _env_flag(environ: Mapping[str, str], name: str) -> bool:
+    value = environ.get(name, "").strip().lower()
+    if value in TRUE_WORDS:
+        return True
+    if value in FALSE_WORDS:
+        return False
+    raise SystemExit(f"{name}={environ[name]!r}: use 1/0, true/false, yes/no or on/off")
+
+
+def _env(environ: Mapping[str, str], *names: str, default: str) -> str:
+    for name in names:
+        if environ.get(name):
+            return environ[name]
+    return default
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {value}")
+    return value
+
+
+def _device(text: str) -> str:
+    if text in DEVICE_CHOICES or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"choose one of {', '.join(DEVICE_CHOICES)} or cuda:N, not {text!r}")
+
+
+def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """The command-line parser; defaults come from the environment."""
+    env = os.environ if environ is None else environ
+    on_spaces = bool(env.get("SPACE_ID"))
+    defaults = Settings()
+    parser = argparse.ArgumentParser(
+        prog="app.py",
+        description="日本語 StableLM チャット (jslm-chat): a Japanese-first browser chat for Japanese StableLM.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Presets: " + ", ".join(PRESETS) + ". Every flag has an environment variable (in brackets).",
+    )
+    parser.add_argument(
+        "--model",
+        default=_env(env, "JSLM_MODEL", default=defaults.model),
+        metavar="ID_OR_PATH",
+        help="preset name, Hugging Face model id, or local model directory [JSLM_MODEL]",
+    )
+    parser.add_argument(
+        "--demo",
+        action=argparse.BooleanOptionalAction,
+        default=_env_flag(env, "JSLM_DEMO"),
+        help="serve the tiny offline demo model on CPU (built once, no download) [JSLM_DEMO]",
+    )
+    parser.add_argument(
+        "--device",
+        type=_device,
+        default=_env(env, "JSLM_DEVICE", default=defaults.device),
+        help="auto (GPU if present), cpu, cuda, cuda:N or mps [JSLM_DEVICE]",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        default=_env(env, "JSLM_DTYPE", default=defaults.dtype),
+        help="weights dtype; auto = float16 on GPU, bfloat16/float32 on CPU [JSLM_DTYPE]",
+    )
+    parser.add_argument(
+        "--host",
+        default=_env(env, "JSLM_HOST", "GRADIO_SERVER_NAME", default="0.0.0.0" if on_spaces else defaults.host),
+        help="address to listen on; 0.0.0.0 for every interface [JSLM_HOST, GRADIO_SERVER_NAME]",
+    )
+    parser.add_argument(
+        "--port",
+        type=_port,
+        default=_env(env, "JSLM_PORT", "GRADIO_SERVER_PORT", default=str(defaults.port)),
+        help="TCP port [JSLM_PORT, GRADIO_SERVER_PORT]",
+    )
+    parser.add_argument(
+        "--share",
+        action=argparse.BooleanOptionalAction,
+        default=_env_flag(env, "JSLM_SHARE"),
+        help="also open a public *.gradio.live link (needs internet; ignored on Spaces) [JSLM_SHARE]",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=_env(env, "JSLM_CONCURRENCY", default=str(defaults.concurrency)),
+        help="replies generated at the same time (1 per GPU is safest) [JSLM_CONCURRENCY]",
+    )
+    parser.add_argument(
+        "--queue-size",
+        type=_positive_int,
+        default=_env(env, "JSLM_QUEUE_SIZE", default=str(defaults.queue_size)),
+        help="requests that may wait; more get a 'busy' message [JSLM_QUEUE_SIZE]",
+    )
+    parser.add_argument(
+        "--max-new-tokens-limit",
+        type=_positive_int,
+        default=_env(env, "JSLM_MAX_NEW_TOKENS_LIMIT", default=str(defaults.max_new_tokens_limit)),
+        help="upper bound of the max_new_tokens slider and API value [JSLM_MAX_NEW_TOKENS_LIMIT]",
+    )
+    return parser
+
+
+def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from ``argv`` (default: ``sys.argv[1:]``) over the environment."""
+    args = build_parser(environ).parse_args(argv)
+    return Settings(**vars(args))
