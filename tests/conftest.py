@@ -52,3 +52,33 @@ def train_llama_tokenizer(directory: Path, text: str, vocab_size: int) -> object
 def llama_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> object:
     """A small Llama-2-style tokenizer: many kanji fall back to bytes, as in the real vocabulary."""
     return train_llama_tokenizer(tmp_path_factory.mktemp("llama_tokenizer"), SAMPLE_JA, vocab_size=400)
+
+
+def build_tiny_model(directory: Path, tokenizer: object, *, max_position_embeddings: int = 512) -> Path:
+    """A random-weight Llama (hidden 64, 2 layers) saved with ``tokenizer``: loads like a hub model."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=max_position_embeddings,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, llama_tokenizer: object) -> Path:
+    """A local model directory outside the repository: random tiny Llama + small tokenizer."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_model"), llama_tokenizer)

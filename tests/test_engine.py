@@ -1,0 +1,234 @@
+"""The engine on a tiny local Llama: loading, streaming, stopping, errors, placement."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+
+import pytest
+import torch
+
+from jslm_chat import engine as engine_module
+from jslm_chat.engine import (
+    Conversation,
+    GenerationError,
+    ModelLoadError,
+    Reply,
+    choose_placement,
+    describe_load_failure,
+    load_engine,
+)
+from jslm_chat.params import GenerationParams
+from jslm_chat.prompt import PromptTooLongError, Turn
+
+SYSTEM = "あなたは役立つアシスタントです。"
+
+
+def generation_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "jslm-generate" and thread.is_alive()]
+
+
+def sampling(max_new_tokens: int = 40, temperature: float = 0.8, seed: int | None = 1) -> GenerationParams:
+    return GenerationParams(max_new_tokens, temperature, 0.95, 50, 1.1, seed)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    return load_engine(str(tiny_model_dir), device="cpu", dtype="float32")
+
+
+@pytest.fixture
+def three_turns() -> Conversation:
+    turns = [Turn("こんにちは", "こんにちは！"), Turn("東京は？", "日本の首都です。")]
+    return Conversation(SYSTEM, turns, "京都について教えて")
+
+
+def test_loads_a_local_directory_on_cpu(engine, tiny_model_dir):
+    assert engine.placement.device_label == "cpu"
+    assert engine.dtype_label == "float32"
+    assert engine.model.dtype == torch.float32
+    assert not engine.model.training
+    assert engine.preset.prompt_format == "llama2"
+    assert engine.context_length == 512  # fitted to the model's config
+    assert engine.preset.sampling.max_new_tokens == 128
+
+
+def test_three_turn_conversation_streams_in_several_growing_chunks(engine, three_turns):
+    reply = engine.stream(three_turns, sampling(max_new_tokens=40))
+    chunks = list(reply)
+    assert len(chunks) > 3
+    assert all(later.startswith(earlier) for earlier, later in itertools.pairwise(chunks))
+    assert chunks[-1] == reply.text
+    assert 0 < reply.new_tokens <= 40
+    assert reply.finish_reason in ("eos", "length")
+    assert reply.prompt.kept_turns == 2
+    assert reply.prompt.token_ids.count(1) == 3  # one BOS per turn
+    assert not generation_threads()
+
+
+def test_a_fixed_seed_reproduces_the_reply_and_greedy_is_deterministic(engine, three_turns):
+    first = list(engine.stream(three_turns, sampling(seed=42)))[-1]
+    again = list(engine.stream(three_turns, sampling(seed=42)))[-1]
+    other = list(engine.stream(three_turns, sampling(seed=43)))[-1]
+    assert first == again
+    assert first != other
+    greedy = [list(engine.stream(three_turns, sampling(temperature=0, seed=None)))[-1] for _ in range(2)]
+    assert greedy[0] == greedy[1]
+
+
+def test_random_seed_is_recorded_so_the_reply_can_be_reproduced(engine, three_turns):
+    reply = engine.stream(three_turns, sampling(seed=None))
+    text = list(reply)[-1]
+    assert isinstance(reply.seed, int)
+    assert list(engine.stream(three_turns, sampling(seed=reply.seed)))[-1] == text
+
+
+def test_closing_the_consumer_stops_the_thread_within_a_step(engine, three_turns):
+    reply = engine.stream(three_turns, sampling(max_new_tokens=400, temperature=1.0))
+    consumer = iter(reply)
+    next(consumer)
+    started = time.perf_counter()
+    consumer.close()  # what Gradio does on Stop and on disconnect
+    assert time.perf_counter() - started < 2.0
+    assert not reply.running
+    assert not generation_threads()
+    assert reply.finish_reason == "stopped"
+    assert reply.new_tokens < 400
+
+
+def test_with_block_stops_generation_when_the_caller_stops_early(engine, three_turns):
+    with engine.stream(three_turns, sampling(max_new_tokens=400, temperature=1.0)) as reply:
+        for _ in reply:
+            break
+    assert not generation_threads()
+    assert reply.finish_reason == "stopped"
+
+
+def test_an_exception_in_generation_reaches_the_consumer_and_the_next_request_works(engine, three_turns, monkeypatch):
+    original = engine.model.generate
+
+    def failing_generate(*args, **kwargs):
+        kwargs["streamer"].put(torch.tensor([[5, 6]]))  # the prompt
+        kwargs["streamer"].put(torch.tensor([[300]]))
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(engine.model, "generate", failing_generate)
+    reply = engine.stream(three_turns, sampling())
+    with pytest.raises(GenerationError) as caught:
+        list(reply)
+    assert "GPU" in str(caught.value)
+    assert "Out of GPU memory" in str(caught.value)
+    assert reply.finish_reason == "error"
+    assert not generation_threads()
+
+    monkeypatch.setattr(engine.model, "generate", original)
+    next_reply = engine.stream(three_turns, sampling(max_new_tokens=5))
+    list(next_reply)
+    assert next_reply.new_tokens > 0
+    assert next_reply.finish_reason in ("eos", "length")
+
+
+def test_other_generation_errors_name_their_cause(engine, three_turns, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ValueError("bad shape")
+
+    monkeypatch.setattr(engine.model, "generate", broken)
+    with pytest.raises(GenerationError, match="ValueError: bad shape"):
+        list(engine.stream(three_turns, sampling()))
+
+
+def test_consumer_never_blocks_when_the_thread_dies_without_ending_the_stream(engine, three_turns, monkeypatch):
+    monkeypatch.setattr(engine_module, "QUEUE_POLL_SECONDS", 0.05)
+    reply = engine.stream(three_turns, sampling())
+    monkeypatch.setattr(reply, "_generate", lambda: None)  # a thread that ends silently
+    started = time.perf_counter()
+    assert list(reply) == []
+    assert time.perf_counter() - started < 2.0
+
+
+def test_truncation_drops_whole_old_turns(engine):
+    turns = [Turn(f"質問{i}：" + "東京と京都の話。" * 8, f"回答{i}：" + "日本の首都です。" * 8) for i in range(12)]
+    prompt = engine.prepare(Conversation(SYSTEM, turns, "最後の質問"), max_new_tokens=128)
+    assert prompt.num_tokens <= engine.context_length - 128
+    assert prompt.dropped_turns > 0
+    assert prompt.dropped_turns + prompt.kept_turns == 12
+    assert f"質問{prompt.dropped_turns}：" in prompt.text
+    assert f"質問{prompt.dropped_turns - 1}：" not in prompt.text
+    assert prompt.text.startswith(f"<s>[INST] <<SYS>>\n{SYSTEM}\n<</SYS>>\n\n質問{prompt.dropped_turns}：")
+
+
+def test_a_message_that_alone_does_not_fit_raises_before_any_thread_starts(engine):
+    with pytest.raises(PromptTooLongError):
+        engine.stream(Conversation(SYSTEM, [], "長い。" * 400), sampling(max_new_tokens=128))
+    assert not generation_threads()
+
+
+def test_reply_reports_speed_and_latency(engine, three_turns):
+    reply = engine.stream(three_turns, sampling(max_new_tokens=20))
+    list(reply)
+    if reply.new_tokens >= 2:
+        assert reply.tokens_per_second and reply.tokens_per_second > 0
+    assert reply.seconds_to_first_token is not None and reply.seconds_to_first_token >= 0
+
+
+def test_a_reply_iterates_once(engine, three_turns):
+    reply = engine.stream(three_turns, sampling(max_new_tokens=3))
+    list(reply)
+    with pytest.raises(RuntimeError):
+        list(reply)
+    assert isinstance(reply, Reply)
+
+
+def test_placement_on_cpu_and_explicit_dtype():
+    assert choose_placement("cpu", "float32").dtype == torch.float32
+    assert choose_placement("cpu", "float32").device_map is None
+    assert choose_placement("cpu").dtype in (torch.bfloat16, torch.float32)
+    with pytest.raises(ValueError):
+        choose_placement("cpu", "int3")
+
+
+def test_placement_with_cuda_is_fp16_over_every_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    auto = choose_placement()
+    assert (auto.device_map, auto.dtype, auto.device_label) == ("auto", torch.float16, "cuda ×2")
+    pinned = choose_placement("cuda:1", "bfloat16")
+    assert (pinned.device_map, pinned.dtype) == ({"": "cuda:1"}, torch.bfloat16)
+
+
+def test_asking_for_cuda_without_a_gpu_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ModelLoadError, match="--device cpu"):
+        choose_placement("cuda")
+
+
+def test_missing_local_folder_is_a_clear_load_error(tmp_path):
+    with pytest.raises(ModelLoadError) as caught:
+        load_engine(str(tmp_path / "nowhere"), device="cpu")
+    message = str(caught.value)
+    assert "見つかりません" in message
+    assert "does not exist" in message
+    assert "--model PATH" in message
+    assert "--demo" in message
+
+
+def test_folder_without_a_model_is_a_clear_load_error(tmp_path):
+    with pytest.raises(ModelLoadError) as caught:
+        load_engine(str(tmp_path), device="cpu")
+    assert "no loadable model" in str(caught.value)
+
+
+def test_hub_model_without_network_or_cache_is_a_clear_load_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError) as caught:
+        load_engine("stabilityai/japanese-stablelm-instruct-beta-7b", device="cpu")
+    message = str(caught.value)
+    assert "no network connection and no cached copy" in message
+    assert "--demo" in message
+
+
+def test_memory_failures_are_named_as_such():
+    message = describe_load_failure("some/model", MemoryError("DefaultCPUAllocator: can't allocate memory"))
+    assert "メモリが足りません" in message
+    assert "Not enough memory" in message
