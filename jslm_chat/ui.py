@@ -263,66 +263,67 @@ def build_ui(service: ChatService, *, demo_mode: bool = False) -> gr.Blocks:
         generating = gr.State(False)
         gr.HTML(header_html(service, demo_mode), elem_id="jslm-header")
         if demo_mode:
-            gr.Markdown(i18n("demo_banner"), elem_id="jslm-demo-banner", elem_classes=["jslm-banner"])
+            gr.Markdown(i18n("jslm_demo_banner"), elem_id="jslm-demo-banner", elem_classes=["jslm-banner"])
         chatbot = gr.Chatbot(
-            label=i18n("chatbot"),
+            label="会話 / Chat",
+            show_label=False,
             elem_id="jslm-chatbot",
             height=520,
             buttons=["copy", "copy_all"],
-            placeholder=i18n("chat_placeholder"),
+            placeholder=i18n("jslm_chat_placeholder"),
             layout="bubble",
             feedback_options=None,
         )
         with gr.Row(equal_height=True):
             textbox = gr.Textbox(
-                label=i18n("message"),
+                label=i18n("jslm_message"),
                 show_label=False,
-                placeholder=i18n("message_placeholder"),
-                lines=2,
+                placeholder=i18n("jslm_message_placeholder"),
+                lines=1,  # Gradio: Enter sends only when lines == 1; the box still grows to max_lines
                 max_lines=10,
                 autofocus=True,
                 scale=8,
                 elem_id="jslm-input",
             )
-            send = gr.Button(i18n("send"), variant="primary", scale=1, min_width=90, elem_id="jslm-send")
+            send = gr.Button(i18n("jslm_send"), variant="primary", scale=1, min_width=90, elem_id="jslm-send")
         with gr.Row():
-            stop = gr.Button(i18n("stop"), variant="stop", size="sm", elem_id="jslm-stop")
-            retry_button = gr.Button(i18n("retry"), size="sm", elem_id="jslm-retry")
-            undo_button = gr.Button(i18n("undo"), size="sm", elem_id="jslm-undo")
-            clear = gr.Button(i18n("clear"), size="sm", elem_id="jslm-clear")
+            stop = gr.Button(i18n("jslm_stop"), variant="stop", size="sm", elem_id="jslm-stop")
+            retry_button = gr.Button(i18n("jslm_retry"), size="sm", elem_id="jslm-retry")
+            undo_button = gr.Button(i18n("jslm_undo"), size="sm", elem_id="jslm-undo")
+            clear = gr.Button(i18n("jslm_clear"), size="sm", elem_id="jslm-clear")
         status = gr.Markdown("", elem_id="jslm-status")
-        with gr.Accordion(i18n("settings"), open=False, elem_id="jslm-settings"):
+        with gr.Accordion(i18n("jslm_settings"), open=False, elem_id="jslm-settings"):
             system_prompt = gr.Textbox(
-                preset.system_prompt, label=i18n("system_prompt"), info=i18n("system_prompt_info"), lines=2
+                preset.system_prompt, label=i18n("jslm_system_prompt"), info=i18n("jslm_system_prompt_info"), lines=2
             )
             with gr.Row():
-                max_new_tokens = gr.Slider(1, limit, defaults.max_new_tokens, step=1, label=i18n("max_new_tokens"))
+                max_new_tokens = gr.Slider(1, limit, defaults.max_new_tokens, step=1, label=i18n("jslm_max_new_tokens"))
                 temperature = gr.Slider(
                     *TEMPERATURE_RANGE,
                     defaults.temperature,
                     step=0.05,
-                    label=i18n("temperature"),
-                    info=i18n("temperature_info"),
+                    label=i18n("jslm_temperature"),
+                    info=i18n("jslm_temperature_info"),
                 )
             with gr.Row():
-                top_p = gr.Slider(0.05, 1.0, defaults.top_p, step=0.01, label=i18n("top_p"), info=i18n("top_p_info"))
+                top_p = gr.Slider(0.05, 1.0, defaults.top_p, step=0.01, label=i18n("jslm_top_p"), info=i18n("jslm_top_p_info"))
                 top_k = gr.Slider(
-                    *TOP_K_RANGE[:1], 200, defaults.top_k, step=1, label=i18n("top_k"), info=i18n("top_k_info")
+                    *TOP_K_RANGE[:1], 200, defaults.top_k, step=1, label=i18n("jslm_top_k"), info=i18n("jslm_top_k_info")
                 )
             with gr.Row():
                 repetition_penalty = gr.Slider(
                     *REPETITION_PENALTY_RANGE,
                     defaults.repetition_penalty,
                     step=0.01,
-                    label=i18n("repetition_penalty"),
-                    info=i18n("repetition_penalty_info"),
+                    label=i18n("jslm_repetition_penalty"),
+                    info=i18n("jslm_repetition_penalty_info"),
                 )
-                seed = gr.Number(None, label=i18n("seed"), info=i18n("seed_info"), precision=0, minimum=0)
-            reset = gr.Button(i18n("reset"), size="sm")
-        gr.Examples(load_examples(), inputs=[textbox], label=i18n("examples"), cache_examples=False)
+                seed = gr.Number(None, label=i18n("jslm_seed"), info=i18n("jslm_seed_info"), precision=0, minimum=0)
+            reset = gr.Button(i18n("jslm_reset"), size="sm")
+        gr.Examples(load_examples(), inputs=[textbox], label=i18n("jslm_examples"), cache_examples=False)
         with gr.Row():
-            export_json = gr.DownloadButton(i18n("export_json"), size="sm", elem_id="jslm-export-json")
-            export_markdown = gr.DownloadButton(i18n("export_markdown"), size="sm", elem_id="jslm-export-md")
+            export_json = gr.DownloadButton(i18n("jslm_export_json"), size="sm", elem_id="jslm-export-json")
+            export_markdown = gr.DownloadButton(i18n("jslm_export_markdown"), size="sm", elem_id="jslm-export-md")
 
         settings_inputs = [system_prompt, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed]
         reply_events = []
@@ -439,6 +440,7 @@ def launch_options() -> dict[str, Any]:
             font_mono=["Noto Sans Mono CJK JP", "ui-monospace", "monospace"],
         ),
         "css_paths": [ASSETS / "style.css"],
+        "js": (ASSETS / "app.js").read_text(encoding="utf-8"),
         "i18n": i18n,
         "favicon_path": str(ASSETS / "favicon.svg"),
     }
