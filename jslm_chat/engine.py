@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+import os
 import queue
 import secrets
 import threading
@@ -23,7 +24,7 @@ from types import TracebackType
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, StoppingCriteria
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, StoppingCriteria
 
 from .params import GenerationParams
 from .presets import ModelPreset, resolve_preset
@@ -36,6 +37,7 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 DTYPE_CHOICES = ("auto", "float16", "bfloat16", "float32")
 QUEUE_POLL_SECONDS = 0.2
 JOIN_TIMEOUT_SECONDS = 120.0
+SMALL_MODEL_PARAMETERS = 1_000_000_000
 LOAD_FIXES = (
     "対処: ローカルに保存したモデルを --model PATH で指定するか、--demo でオフラインのデモモデルを使ってください。"
     " / Fix: point --model PATH at a local copy of the model, or run with --demo for the offline demo model."
@@ -68,11 +70,13 @@ class Placement:
     device_label: str
 
 
-def choose_placement(device: str = "auto", dtype: str = "auto") -> Placement:
+def choose_placement(device: str = "auto", dtype: str = "auto", parameters: int | None = None) -> Placement:
     """Pick device and dtype: fp16 over all GPUs when CUDA is there, else CPU in bf16 or fp32.
 
     ``device`` is one of ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``; ``dtype`` one of
-    ``auto``, ``float16``, ``bfloat16``, ``float32``. Explicit values win over the defaults.
+    ``auto``, ``float16``, ``bfloat16``, ``float32``. Explicit values win over the defaults. On CPU,
+    ``auto`` is bfloat16 where the CPU supports it natively, to halve the memory of a 7B model;
+    a model known to have fewer than a billion ``parameters`` stays in float32, which is faster.
     """
     if dtype not in DTYPE_CHOICES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPE_CHOICES)}")
@@ -86,6 +90,8 @@ def choose_placement(device: str = "auto", dtype: str = "auto") -> Placement:
             )
         chosen = torch.float16 if dtype == "auto" else getattr(torch, dtype)
         count = torch.cuda.device_count()
+        if device == "cuda" and os.environ.get("SPACES_ZERO_GPU"):
+            return Placement({"": "cuda"}, chosen, "cuda (ZeroGPU)")  # ZeroGPU attaches one GPU per call
         if device == "cuda":
             return Placement("auto", chosen, f"cuda ×{count}" if count > 1 else "cuda")
         return Placement({"": device}, chosen, device)
@@ -93,10 +99,20 @@ def choose_placement(device: str = "auto", dtype: str = "auto") -> Placement:
         return Placement({"": "mps"}, torch.float16 if dtype == "auto" else getattr(torch, dtype), "mps")
     if device != "cpu":
         raise ValueError(f"unknown device {device!r}; choose one of auto, cpu, cuda, cuda:N, mps")
-    chosen = (
-        (torch.bfloat16 if cpu_supports_bfloat16() else torch.float32) if dtype == "auto" else getattr(torch, dtype)
-    )
-    return Placement(None, chosen, "cpu")
+    if dtype != "auto":
+        return Placement(None, getattr(torch, dtype), "cpu")
+    small = parameters is not None and parameters < SMALL_MODEL_PARAMETERS
+    return Placement(None, torch.float32 if small or not cpu_supports_bfloat16() else torch.bfloat16, "cpu")
+
+
+def estimate_parameters(config: Any) -> int | None:
+    """Roughly how many weights a Llama-like config describes (attention, MLP, embeddings)."""
+    try:
+        hidden, layers = int(config.hidden_size), int(config.num_hidden_layers)
+        intermediate, vocab = int(config.intermediate_size), int(config.vocab_size)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return layers * (4 * hidden * hidden + 3 * hidden * intermediate) + 2 * vocab * hidden
 
 
 def cpu_supports_bfloat16() -> bool:
@@ -333,7 +349,12 @@ def load_engine(model: str, *, device: str = "auto", dtype: str = "auto", displa
     preset = resolve_preset(model)
     if display_name:
         preset = dataclasses.replace(preset, display_name=display_name)
-    placement = choose_placement(device, dtype)
+    source = preset.model_id
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except Exception as error:
+        raise ModelLoadError(describe_load_failure(source, error)) from error
+    placement = choose_placement(device, dtype, estimate_parameters(config))
     if placement.device_label == "cpu":
         logger.warning(
             "GPU なしで CPU (%s) で実行します。7B モデルの生成はとても遅くなります。"
@@ -341,7 +362,6 @@ def load_engine(model: str, *, device: str = "auto", dtype: str = "auto", displa
             str(placement.dtype).removeprefix("torch."),
             str(placement.dtype).removeprefix("torch."),
         )
-    source = preset.model_id
     started = time.perf_counter()
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)

@@ -17,7 +17,6 @@ from .export import write_exports
 from .params import (
     REPETITION_PENALTY_RANGE,
     TEMPERATURE_RANGE,
-    TOP_K_RANGE,
     GenerationParams,
     InvalidParameterError,
 )
@@ -28,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 GENERATION_CONCURRENCY_ID = "generation"
+TOP_K_SLIDER_MAX = 200  # the API accepts up to TOP_K_RANGE; the slider keeps to useful values
 BUSY_MESSAGE = (
     "ただいま混雑しています。しばらくしてからもう一度お試しください。"
     " / The server is busy: please try again in a moment."
@@ -306,9 +306,11 @@ def build_ui(service: ChatService, *, demo_mode: bool = False) -> gr.Blocks:
                     info=i18n("jslm_temperature_info"),
                 )
             with gr.Row():
-                top_p = gr.Slider(0.05, 1.0, defaults.top_p, step=0.01, label=i18n("jslm_top_p"), info=i18n("jslm_top_p_info"))
+                top_p = gr.Slider(
+                    0.05, 1.0, defaults.top_p, step=0.01, label=i18n("jslm_top_p"), info=i18n("jslm_top_p_info")
+                )
                 top_k = gr.Slider(
-                    *TOP_K_RANGE[:1], 200, defaults.top_k, step=1, label=i18n("jslm_top_k"), info=i18n("jslm_top_k_info")
+                    0, TOP_K_SLIDER_MAX, defaults.top_k, step=1, label=i18n("jslm_top_k"), info=i18n("jslm_top_k_info")
                 )
             with gr.Row():
                 repetition_penalty = gr.Slider(
@@ -326,66 +328,40 @@ def build_ui(service: ChatService, *, demo_mode: bool = False) -> gr.Blocks:
             export_markdown = gr.DownloadButton(i18n("jslm_export_markdown"), size="sm", elem_id="jslm-export-md")
 
         settings_inputs = [system_prompt, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed]
-        reply_events = []
-        for trigger in (textbox.submit, send.click):
-            event = trigger(
-                submit,
-                [textbox, chatbot, generating],
-                [textbox, chatbot, generating],
-                queue=False,
-                api_visibility="private",
-            ).success(
+        exports = [export_json, export_markdown]
+        instant: dict[str, Any] = {"queue": False, "api_visibility": "private"}
+
+        def then_respond(event: Any) -> Any:
+            """Generate after ``event`` succeeded; when done (or failed), refresh the exports."""
+            reply_event = event.success(
                 respond,
                 [chatbot, *settings_inputs],
                 [chatbot, textbox, status],
                 concurrency_id=GENERATION_CONCURRENCY_ID,
                 api_visibility="private",
+                show_progress="minimal",
             )
-            reply_events.append(event)
-        retry_event = retry_button.click(
-            retry, [chatbot, generating], [chatbot, generating], queue=False, api_visibility="private"
-        ).success(
-            respond,
-            [chatbot, *settings_inputs],
-            [chatbot, textbox, status],
-            concurrency_id=GENERATION_CONCURRENCY_ID,
-            api_visibility="private",
-        )
-        reply_events.append(retry_event)
-        for event in reply_events:
-            event.then(
-                finish,
-                [chatbot, system_prompt],
-                [generating, export_json, export_markdown],
-                queue=False,
-                api_visibility="private",
-            )
-        stop.click(
-            stopped,
-            [chatbot, system_prompt],
-            [generating, export_json, export_markdown, status],
-            cancels=reply_events,
-            queue=False,
-            api_visibility="private",
-        )
-        undo_button.click(
-            undo, [chatbot], [chatbot, textbox], cancels=reply_events, queue=False, api_visibility="private"
-        ).then(
-            finish,
-            [chatbot, system_prompt],
-            [generating, export_json, export_markdown],
-            queue=False,
-            api_visibility="private",
+            reply_event.then(finish, [chatbot, system_prompt], [generating, *exports], **instant)
+            return reply_event
+
+        submit_io = ([textbox, chatbot, generating], [textbox, chatbot, generating])
+        reply_events = [
+            then_respond(textbox.submit(submit, *submit_io, **instant)),
+            then_respond(send.click(submit, *submit_io, **instant)),
+            then_respond(retry_button.click(retry, [chatbot, generating], [chatbot, generating], **instant)),
+        ]
+        stop.click(stopped, [chatbot, system_prompt], [generating, *exports, status], cancels=reply_events, **instant)
+        undo_button.click(undo, [chatbot], [chatbot, textbox], cancels=reply_events, **instant).then(
+            finish, [chatbot, system_prompt], [generating, *exports], **instant
         )
         clear.click(
             lambda: ([], "", False, None, None),
             None,
-            [chatbot, status, generating, export_json, export_markdown],
+            [chatbot, status, generating, *exports],
             cancels=reply_events,
-            queue=False,
-            api_visibility="private",
+            **instant,
         )
-        reset.click(reset_settings, None, settings_inputs, queue=False, api_visibility="private")
+        reset.click(reset_settings, None, settings_inputs, **instant)
 
         gr.api(chat, api_name="chat", concurrency_id=GENERATION_CONCURRENCY_ID)
         gr.api(prompt, api_name="prompt", concurrency_limit=None)

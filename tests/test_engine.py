@@ -17,6 +17,7 @@ from jslm_chat.engine import (
     Reply,
     choose_placement,
     describe_load_failure,
+    estimate_parameters,
     load_engine,
 )
 from jslm_chat.params import GenerationParams
@@ -188,6 +189,29 @@ def test_placement_on_cpu_and_explicit_dtype():
         choose_placement("cpu", "int3")
 
 
+def test_cpu_auto_dtype_is_bfloat16_for_big_models_where_supported(monkeypatch):
+    seven_b = 6_700_000_000
+    monkeypatch.setattr(engine_module, "cpu_supports_bfloat16", lambda: True)
+    assert choose_placement("cpu", parameters=seven_b).dtype == torch.bfloat16
+    assert choose_placement("cpu", parameters=10_000_000).dtype == torch.float32  # small: fp32 is faster
+    monkeypatch.setattr(engine_module, "cpu_supports_bfloat16", lambda: False)
+    assert choose_placement("cpu", parameters=seven_b).dtype == torch.float32
+
+
+def test_parameter_estimate_matches_a_llama_2_7b_config():
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(
+        vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32
+    )
+    assert 6.6e9 < estimate_parameters(config) < 6.8e9
+    assert estimate_parameters(object()) is None
+
+
+def test_tiny_model_on_auto_loads_in_float32(tiny_model_dir):
+    assert load_engine(str(tiny_model_dir), device="cpu").dtype_label == "float32"
+
+
 def test_placement_with_cuda_is_fp16_over_every_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
@@ -195,6 +219,8 @@ def test_placement_with_cuda_is_fp16_over_every_gpu(monkeypatch):
     assert (auto.device_map, auto.dtype, auto.device_label) == ("auto", torch.float16, "cuda ×2")
     pinned = choose_placement("cuda:1", "bfloat16")
     assert (pinned.device_map, pinned.dtype) == ({"": "cuda:1"}, torch.bfloat16)
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    assert choose_placement().device_map == {"": "cuda"}
 
 
 def test_asking_for_cuda_without_a_gpu_is_a_clear_error(monkeypatch):
