@@ -82,3 +82,46 @@ def build_tiny_model(directory: Path, tokenizer: object, *, max_position_embeddi
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, llama_tokenizer: object) -> Path:
     """A local model directory outside the repository: random tiny Llama + small tokenizer."""
     return build_tiny_model(tmp_path_factory.mktemp("tiny_model"), llama_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def demo_engine() -> object:
+    """The offline demo model, loaded exactly as ``python app.py --demo`` loads it (built once, cached)."""
+    from jslm_chat.server import load_for
+    from jslm_chat.settings import Settings
+
+    return load_for(Settings(demo=True))
+
+
+@pytest.fixture
+def endless_replies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replies always run to max_new_tokens (EOS suppressed), so there is a long generation to stop."""
+    from jslm_chat import engine as engine_module
+
+    original = engine_module._generation_config
+
+    def without_early_eos(engine: object, params: object) -> object:
+        config = original(engine, params)
+        config.min_new_tokens = config.max_new_tokens
+        return config
+
+    monkeypatch.setattr(engine_module, "_generation_config", without_early_eos)
+
+
+def generation_threads() -> list[object]:
+    """Generation threads still alive in this process."""
+    import threading
+
+    return [thread for thread in threading.enumerate() if thread.name == "jslm-generate" and thread.is_alive()]
+
+
+def wait_until(condition: object, timeout: float, interval: float = 0.02) -> bool:
+    """Poll ``condition()`` until it is true or ``timeout`` seconds pass; return its last value."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return bool(condition())

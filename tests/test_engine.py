@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import itertools
-import threading
 import time
 
 import pytest
 import torch
+from conftest import generation_threads
 
 from jslm_chat import engine as engine_module
 from jslm_chat.engine import (
@@ -24,10 +24,6 @@ from jslm_chat.params import GenerationParams
 from jslm_chat.prompt import PromptTooLongError, Turn
 
 SYSTEM = "あなたは役立つアシスタントです。"
-
-
-def generation_threads() -> list[threading.Thread]:
-    return [thread for thread in threading.enumerate() if thread.name == "jslm-generate" and thread.is_alive()]
 
 
 def sampling(max_new_tokens: int = 40, temperature: float = 0.8, seed: int | None = 1) -> GenerationParams:
