@@ -297,7 +297,14 @@ def build_ui(service: ChatService, *, demo_mode: bool = False) -> gr.Blocks:
                 preset.system_prompt, label=i18n("jslm_system_prompt"), info=i18n("jslm_system_prompt_info"), lines=2
             )
             with gr.Row():
-                max_new_tokens = gr.Slider(1, limit, defaults.max_new_tokens, step=1, label=i18n("jslm_max_new_tokens"))
+                max_new_tokens = gr.Slider(
+                    1,
+                    limit,
+                    defaults.max_new_tokens,
+                    step=1,
+                    label=i18n("jslm_max_new_tokens"),
+                    elem_id="jslm-max-new-tokens",
+                )
                 temperature = gr.Slider(
                     *TEMPERATURE_RANGE,
                     defaults.temperature,
@@ -354,13 +361,14 @@ def build_ui(service: ChatService, *, demo_mode: bool = False) -> gr.Blocks:
         undo_button.click(undo, [chatbot], [chatbot, textbox], cancels=reply_events, **instant).then(
             finish, [chatbot, system_prompt], [generating, *exports], **instant
         )
-        clear.click(
-            lambda: ([], "", False, None, None),
-            None,
-            [chatbot, status, generating, *exports],
-            cancels=reply_events,
-            **instant,
-        )
+        for clearing in (clear.click, chatbot.clear):  # our button and the chatbot's own trash icon
+            clearing(
+                lambda: ([], "", False, None, None),
+                None,
+                [chatbot, status, generating, *exports],
+                cancels=reply_events,
+                **instant,
+            )
         reset.click(reset_settings, None, settings_inputs, **instant)
 
         gr.api(chat, api_name="chat", concurrency_id=GENERATION_CONCURRENCY_ID)
