@@ -373,7 +373,11 @@ def load_engine(model: str, *, device: str = "auto", dtype: str = "auto", displa
     if isinstance(configured_length, int) and 0 < configured_length < preset.context_length:
         preset = preset.fitted_to_context(configured_length)
     logger.info(
-        "loaded %s on %s (%s) in %.1f s", source, placement.device_label, placement.dtype, time.perf_counter() - started
+        "loaded %s on %s (%s) in %.1f s",
+        source,
+        placement.device_label,
+        str(placement.dtype).removeprefix("torch."),
+        time.perf_counter() - started,
     )
     return Engine(loaded, tokenizer, preset, placement)
 
