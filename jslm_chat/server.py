@@ -10,6 +10,7 @@ from typing import Any
 
 import gradio as gr
 
+from .admission import Admission
 from .chat import ChatService
 from .engine import Engine, ModelLoadError, load_engine
 from .settings import Settings, parse_settings
@@ -30,14 +31,17 @@ def load_for(settings: Settings) -> Engine:
     return load_engine(settings.model, device=settings.device, dtype=settings.dtype)
 
 
-def create_app(settings: Settings, engine: Engine | None = None) -> gr.Blocks:
-    """The queued Gradio app for ``settings`` (loading the engine unless one is given)."""
+def create_app(settings: Settings, engine: Engine | None = None) -> tuple[gr.Blocks, ChatService]:
+    """The queued Gradio app for ``settings`` and its chat service (loading the engine unless given)."""
     engine = engine or load_for(settings)
-    service = ChatService(engine, settings.max_new_tokens_limit)
-    return configure_queue(build_ui(service, demo_mode=settings.demo), settings.concurrency, settings.queue_size)
+    admission = Admission(slots=settings.concurrency, max_waiting=settings.queue_size)
+    service = ChatService(engine, settings.max_new_tokens_limit, admission)
+    return configure_queue(build_ui(service, demo_mode=settings.demo)), service
 
 
-def launch(app: gr.Blocks, settings: Settings, *, block: bool = True) -> tuple[Any, str, str | None]:
+def launch(
+    app: gr.Blocks, service: ChatService, settings: Settings, *, block: bool = True
+) -> tuple[Any, str, str | None]:
     """Serve ``app``; with ``--share``, also a public link, or one clear line saying why not."""
     share = settings.share and not os.environ.get("SPACE_ID")
     if settings.share and not share:
@@ -50,7 +54,7 @@ def launch(app: gr.Blocks, settings: Settings, *, block: bool = True) -> tuple[A
         share=share,
         prevent_thread_lock=True,
         show_error=True,
-        **launch_options(),
+        **launch_options(service),
     )
     if share and not share_url:
         logger.warning(
@@ -68,9 +72,9 @@ def serve(argv: Sequence[str] | None = None) -> int:
     """Parse flags, load the model and serve until interrupted. Returns the exit status."""
     settings = parse_settings(argv)
     try:
-        app = create_app(settings)
+        app, service = create_app(settings)
     except ModelLoadError as error:
         print(error, file=sys.stderr)
         return 1
-    launch(app, settings)
+    launch(app, service, settings)
     return 0

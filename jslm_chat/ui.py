@@ -1,84 +1,46 @@
-"""Gradio Blocks layout and event wiring. No model logic: everything goes through ChatService."""
+"""Gradio Blocks layout and event wiring. No model logic: every request goes through ChatService."""
 
 from __future__ import annotations
 
 import html
-import logging
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import gradio as gr
 
-from .chat import ChatInputError, ChatRequest, ChatService, content_text
-from .engine import GenerationError, Reply
+from .api import register_api
+from .chat import USER_ERRORS, ChatRequest, ChatService, InLine, content_text
 from .export import write_exports
-from .params import (
-    REPETITION_PENALTY_RANGE,
-    TEMPERATURE_RANGE,
-    GenerationParams,
-    InvalidParameterError,
-)
-from .prompt import PromptTooLongError
-from .ui_text import TRANSLATIONS
-
-logger = logging.getLogger(__name__)
+from .gpu import stream_on_gpu
+from .params import REPETITION_PENALTY_RANGE, TEMPERATURE_RANGE
+from .ui_text import STOPPED, TRANSLATIONS, dropped_notice, status_line, waiting_line
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-GENERATION_CONCURRENCY_ID = "generation"
 TOP_K_SLIDER_MAX = 200  # the API accepts up to TOP_K_RANGE; the slider keeps to useful values
-BUSY_MESSAGE = (
-    "ただいま混雑しています。しばらくしてからもう一度お試しください。"
-    " / The server is busy: please try again in a moment."
-)
-USER_ERRORS = (ChatInputError, InvalidParameterError, PromptTooLongError, GenerationError)
+THREADS_BESIDES_GENERATION = 16  # Gradio worker threads for quick events and the API's /prompt
 
-F = TypeVar("F", bound=Callable[..., Any])
-
+Message = dict[str, Any]
 i18n = gr.I18n(**TRANSLATIONS)
 
 
-def on_gpu(function: F) -> F:
-    """Wrap a generating function with ``spaces.GPU`` (ZeroGPU); a no-op elsewhere."""
-    try:
-        import spaces
-    except ImportError:
-        return function
-    return spaces.GPU(duration=120)(function)
-
-
 def load_examples() -> list[str]:
-    """Example prompts, one per blank-line-separated block of ``assets/examples_ja.txt``."""
+    """Example prompts: blocks of ``assets/examples_ja.txt`` separated by two blank lines."""
     text = (ASSETS / "examples_ja.txt").read_text(encoding="utf-8")
     return [block.strip() for block in text.split("\n\n\n") if block.strip()]
 
 
-def status_text(reply: Reply, context_length: int) -> str:
-    """The line under the chat: context used, speed, turns left out, seed."""
-    used = reply.prompt.num_tokens + reply.new_tokens
-    parts = [f"コンテキスト (context): {used:,} / {context_length:,} トークン"]
-    speed = reply.tokens_per_second
-    parts.append(f"速度 (speed): {speed:.1f} トークン/秒 (tok/s)" if speed else "速度 (speed): –")
-    parts.append(f"省略したターン (turns left out): {reply.prompt.dropped_turns}")
-    parts.append(f"シード (seed): {reply.seed}")
-    if reply.finish_reason == "stopped":
-        parts.append("停止しました (stopped)")
-    elif reply.finish_reason == "length":
-        parts.append("最大生成トークン数に達しました (hit max_new_tokens)")
-    return " · ".join(parts)
+def _nothing_to_do(message: str) -> gr.Error:
+    """A silent error: it only stops the event chain (``.success`` steps do not run)."""
+    return gr.Error(message, visible=False, print_exception=False)
 
 
-def dropped_notice(dropped: int) -> str:
-    """What the user is told when old turns no longer fit the context window."""
-    return (
-        f"古いやり取り {dropped} ターン分がコンテキストに入りきらないため、モデルには送っていません。"
-        f" / {dropped} old turn(s) no longer fit the context window and were left out."
-    )
-
-
-def _optional_seed(value: float | None) -> int | None:
-    return None if value is None or value == "" else value  # type: ignore[return-value]
+def _trim_to_last_user_message(history: list[Message]) -> list[Message]:
+    trimmed = list(history)
+    while trimmed and trimmed[-1].get("role") != "user":
+        trimmed.pop()
+    return trimmed
 
 
 def build_ui(service: ChatService, *, demo_mode: bool = False) -> gr.Blocks:
@@ -88,130 +50,52 @@ def build_ui(service: ChatService, *, demo_mode: bool = False) -> gr.Blocks:
     defaults = preset.sampling
     limit = service.max_new_tokens_limit
 
-    def request_from(
-        message: str,
-        history: list[dict[str, Any]] | None,
-        system_prompt: str,
-        max_new_tokens: int,
-        temperature: float,
-        top_p: float,
-        top_k: int,
-        repetition_penalty: float,
-        seed: int | None,
-    ) -> ChatRequest:
-        params = GenerationParams(max_new_tokens, temperature, top_p, top_k, repetition_penalty, _optional_seed(seed))
-        return ChatRequest(message or "", history or [], system_prompt or "", params)
-
-    # ---- API ---------------------------------------------------------------------------------
-
-    @on_gpu
-    def chat(
-        message: str,
-        history: list[dict[str, Any]] | None = None,
-        system_prompt: str = preset.system_prompt,
-        max_new_tokens: int = defaults.max_new_tokens,
-        temperature: float = defaults.temperature,
-        top_p: float = defaults.top_p,
-        top_k: int = defaults.top_k,
-        repetition_penalty: float = defaults.repetition_penalty,
-        seed: int | None = None,
-    ) -> Iterator[str]:
-        """Stream the growing reply to `message`, given the earlier `history` ({role, content} dicts)."""
-        request = request_from(
-            message, history, system_prompt, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed
-        )
-        try:
-            with service.reply(request) as reply:
-                yield from reply
-        except USER_ERRORS as error:
-            raise gr.Error(str(error)) from error
-
-    def prompt(
-        message: str,
-        history: list[dict[str, Any]] | None = None,
-        system_prompt: str = preset.system_prompt,
-        max_new_tokens: int = defaults.max_new_tokens,
-        temperature: float = defaults.temperature,
-        top_p: float = defaults.top_p,
-        top_k: int = defaults.top_k,
-        repetition_penalty: float = defaults.repetition_penalty,
-        seed: int | None = None,
-    ) -> dict[str, Any]:
-        """The exact prompt the model would see for these inputs, without generating."""
-        request = request_from(
-            message, history, system_prompt, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed
-        )
-        try:
-            rendered = service.prompt(request)
-        except USER_ERRORS as error:
-            raise gr.Error(str(error)) from error
-        return {
-            "prompt": rendered.text,
-            "token_ids": rendered.token_ids,
-            "num_tokens": rendered.num_tokens,
-            "dropped_turns": rendered.dropped_turns,
-        }
-
-    # ---- UI handlers -------------------------------------------------------------------------
-
-    def submit(message: str, history: list[dict[str, Any]], generating: bool) -> tuple[Any, ...]:
+    def submit(message: str, history: list[Message], generating: bool) -> tuple[Any, ...]:
         """Move a non-empty message from the textbox into the chat (the reply follows)."""
         if generating or not (message or "").strip():
-            raise gr.Error(
-                "送信するメッセージがありません / Nothing to send",
-                visible=False,
-                print_exception=False,
-            )
+            raise _nothing_to_do("送信するメッセージがありません / Nothing to send")
         return "", [*history, {"role": "user", "content": message}], True
 
-    @on_gpu
     def respond(
-        history: list[dict[str, Any]],
+        history: list[Message],
         system_prompt: str,
         max_new_tokens: int,
         temperature: float,
         top_p: float,
         top_k: int,
         repetition_penalty: float,
-        seed: float | None,
+        seed: str,
+        request: gr.Request,
     ) -> Iterator[tuple[Any, ...]]:
         """Stream the reply to the pending last user message into the chat and the status line."""
+        settings = (system_prompt, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed)
         if not history or history[-1].get("role") != "user":
             return
         message = content_text(history[-1].get("content"))
         past = history[:-1]
-        request = request_from(
-            message,
-            past,
-            system_prompt,
-            max_new_tokens,
-            temperature,
-            top_p,
-            top_k,
-            repetition_penalty,
-            None if seed is None else int(seed),
-        )
         try:
-            with service.reply(request) as reply:
-                if reply.prompt.dropped_turns:
-                    gr.Info(dropped_notice(reply.prompt.dropped_turns))
-                shown = [*history, {"role": "assistant", "content": ""}]
-                yield shown, gr.skip(), status_text(reply, engine.context_length)
-                for text in reply:
-                    shown[-1] = {"role": "assistant", "content": text}
-                    yield shown, gr.skip(), gr.skip()
-                yield shown, gr.skip(), status_text(reply, engine.context_length)
+            reply = service.reply(ChatRequest.from_values(message, past, *settings))
+            if reply.prompt.dropped_turns:
+                gr.Info(dropped_notice(reply.prompt.dropped_turns))
+            shown = list(history)
+            for item in service.run(reply, stream_on_gpu, session=request.session_hash):
+                if isinstance(item, InLine):
+                    yield gr.skip(), gr.skip(), waiting_line(item.ahead)
+                else:
+                    shown = [*history, {"role": "assistant", "content": item}]
+                    yield shown, gr.skip(), status_line(reply, engine.context_length)
+            # Stopped while still in line, the reply never started: say so.
+            yield shown, gr.skip(), status_line(reply, engine.context_length) if reply.finish_reason else STOPPED
         except USER_ERRORS as error:
             gr.Warning(str(error), duration=None)
             # Nothing typed is lost: the message goes back into the textbox.
             yield past, message, f"⚠️ {error}"
 
-    def finish(history: list[dict[str, Any]], system_prompt: str) -> tuple[Any, ...]:
-        """After a reply (finished, failed or stopped): allow sending again and refresh exports."""
-        json_path, markdown_path = export_files(history, system_prompt)
-        return False, json_path, markdown_path
+    def stop(request: gr.Request) -> None:
+        """Stop this browser session's reply; the reply's own stream then shows that it stopped."""
+        service.stop(request.session_hash)
 
-    def export_files(history: list[dict[str, Any]], system_prompt: str) -> tuple[str | None, str | None]:
+    def export_files(history: list[Message], system_prompt: str) -> tuple[str | None, str | None]:
         if not history:
             return None, None
         metadata = {
@@ -223,24 +107,20 @@ def build_ui(service: ChatService, *, demo_mode: bool = False) -> gr.Blocks:
         json_path, markdown_path = write_exports(history, metadata, Path(tempfile.mkdtemp(prefix="jslm-export-")))
         return str(json_path), str(markdown_path)
 
-    def stopped(history: list[dict[str, Any]], system_prompt: str) -> tuple[Any, ...]:
-        """Stop pressed: the server-side generation is cancelled; keep what was generated."""
-        return (False, *export_files(history, system_prompt), "停止しました (stopped)")
+    def finish(history: list[Message], system_prompt: str) -> tuple[Any, ...]:
+        """After a reply (finished, failed or undone): allow sending again and refresh the exports."""
+        return (False, *export_files(history, system_prompt))
 
-    def retry(history: list[dict[str, Any]], generating: bool) -> tuple[Any, ...]:
+    def retry(history: list[Message], generating: bool) -> tuple[Any, ...]:
         """Drop the last reply so that the last user message is answered again."""
-        trimmed = list(history)
-        while trimmed and trimmed[-1].get("role") != "user":
-            trimmed.pop()
+        trimmed = _trim_to_last_user_message(history)
         if generating or not trimmed:
-            raise gr.Error("再生成する返答がありません / Nothing to retry", visible=False, print_exception=False)
+            raise _nothing_to_do("再生成する返答がありません / Nothing to retry")
         return trimmed, True
 
-    def undo(history: list[dict[str, Any]]) -> tuple[Any, ...]:
+    def undo(history: list[Message]) -> tuple[Any, ...]:
         """Remove the last turn and put its message back into the textbox."""
-        trimmed = list(history)
-        while trimmed and trimmed[-1].get("role") != "user":
-            trimmed.pop()
+        trimmed = _trim_to_last_user_message(history)
         if not trimmed:
             return [], gr.skip()
         last = trimmed.pop()
@@ -254,7 +134,7 @@ def build_ui(service: ChatService, *, demo_mode: bool = False) -> gr.Blocks:
             defaults.top_p,
             defaults.top_k,
             defaults.repetition_penalty,
-            None,
+            "",
         )
 
     # ---- layout ------------------------------------------------------------------------------
@@ -287,7 +167,7 @@ def build_ui(service: ChatService, *, demo_mode: bool = False) -> gr.Blocks:
             )
             send = gr.Button(i18n("jslm_send"), variant="primary", scale=1, min_width=90, elem_id="jslm-send")
         with gr.Row():
-            stop = gr.Button(i18n("jslm_stop"), variant="stop", size="sm", elem_id="jslm-stop")
+            stop_button = gr.Button(i18n("jslm_stop"), variant="stop", size="sm", elem_id="jslm-stop")
             retry_button = gr.Button(i18n("jslm_retry"), size="sm", elem_id="jslm-retry")
             undo_button = gr.Button(i18n("jslm_undo"), size="sm", elem_id="jslm-undo")
             clear = gr.Button(i18n("jslm_clear"), size="sm", elem_id="jslm-clear")
@@ -327,7 +207,14 @@ def build_ui(service: ChatService, *, demo_mode: bool = False) -> gr.Blocks:
                     label=i18n("jslm_repetition_penalty"),
                     info=i18n("jslm_repetition_penalty_info"),
                 )
-                seed = gr.Number(None, label=i18n("jslm_seed"), info=i18n("jslm_seed_info"), precision=0, minimum=0)
+                seed = gr.Textbox(
+                    "",
+                    label=i18n("jslm_seed"),
+                    info=i18n("jslm_seed_info"),
+                    placeholder=i18n("jslm_seed_placeholder"),
+                    max_length=10,
+                    elem_id="jslm-seed",
+                )
             reset = gr.Button(i18n("jslm_reset"), size="sm")
         gr.Examples(load_examples(), inputs=[textbox], label=i18n("jslm_examples"), cache_examples=False)
         with gr.Row():
@@ -344,7 +231,7 @@ def build_ui(service: ChatService, *, demo_mode: bool = False) -> gr.Blocks:
                 respond,
                 [chatbot, *settings_inputs],
                 [chatbot, textbox, status],
-                concurrency_id=GENERATION_CONCURRENCY_ID,
+                concurrency_limit=None,  # ChatService's admission decides who generates when
                 api_visibility="private",
                 show_progress="minimal",
             )
@@ -357,7 +244,7 @@ def build_ui(service: ChatService, *, demo_mode: bool = False) -> gr.Blocks:
             then_respond(send.click(submit, *submit_io, **instant)),
             then_respond(retry_button.click(retry, [chatbot, generating], [chatbot, generating], **instant)),
         ]
-        stop.click(stopped, [chatbot, system_prompt], [generating, *exports, status], cancels=reply_events, **instant)
+        stop_button.click(stop, None, None, **instant)
         undo_button.click(undo, [chatbot], [chatbot, textbox], cancels=reply_events, **instant).then(
             finish, [chatbot, system_prompt], [generating, *exports], **instant
         )
@@ -370,9 +257,7 @@ def build_ui(service: ChatService, *, demo_mode: bool = False) -> gr.Blocks:
                 **instant,
             )
         reset.click(reset_settings, None, settings_inputs, **instant)
-
-        gr.api(chat, api_name="chat", concurrency_id=GENERATION_CONCURRENCY_ID)
-        gr.api(prompt, api_name="prompt", concurrency_limit=None)
+        register_api(service)
     return app
 
 
@@ -394,29 +279,14 @@ def header_html(service: ChatService, demo_mode: bool) -> str:
     )
 
 
-def configure_queue(app: gr.Blocks, concurrency: int, queue_size: int) -> gr.Blocks:
-    """Bound the queue: ``concurrency`` generations at once, ``queue_size`` waiting, then 'busy'."""
-    app.queue(default_concurrency_limit=concurrency, max_size=queue_size)
-    _translate_queue_full(app)
-    return app
+def configure_queue(app: gr.Blocks) -> gr.Blocks:
+    """Gradio's queue (needed for streaming), unbounded: ChatService's admission bounds generation."""
+    return app.queue(default_concurrency_limit=None, max_size=None)
 
 
-def _translate_queue_full(app: gr.Blocks) -> None:
-    """Replace Gradio's English 'Queue is full' text with our bilingual busy message."""
-    queue = app._queue
-    original_push = queue.push
-
-    async def push(*args: Any, **kwargs: Any) -> Any:
-        accepted, message, kind = await original_push(*args, **kwargs)
-        if kind == "queue_full":
-            message = BUSY_MESSAGE
-        return accepted, message, kind
-
-    queue.push = push  # type: ignore[method-assign]
-
-
-def launch_options() -> dict[str, Any]:
-    """Theme, CSS, translations and favicon for ``Blocks.launch``."""
+def launch_options(service: ChatService) -> dict[str, Any]:
+    """Theme, CSS, script, translations, favicon and worker threads for ``Blocks.launch``."""
+    admission = service.admission
     return {
         "theme": gr.themes.Soft(
             primary_hue="indigo",
@@ -427,4 +297,6 @@ def launch_options() -> dict[str, Any]:
         "js": (ASSETS / "app.js").read_text(encoding="utf-8"),
         "i18n": i18n,
         "favicon_path": str(ASSETS / "favicon.svg"),
+        # Every running or waiting reply holds a worker thread.
+        "max_threads": admission.slots + admission.max_waiting + THREADS_BESIDES_GENERATION,
     }

@@ -1,4 +1,6 @@
-"""Static UI text in Japanese (the default) and English, for ``gr.I18n``.
+"""The text the UI shows: static labels for ``gr.I18n`` and the dynamic status lines.
+
+Static labels are in Japanese (the default) and English; dynamic lines carry both languages.
 
 Keys are English identifiers prefixed ``jslm_`` (Gradio's own keys, such as ``chatbot``, are
 namespaces that a plain key would clash with); the browser's language picks the table. Every table has every
@@ -7,6 +9,8 @@ Japanese.
 """
 
 from __future__ import annotations
+
+from .engine import Reply
 
 JA: dict[str, str] = {
     "jslm_chat_placeholder": "ここに会話が表示されます。下の入力欄からどうぞ。",
@@ -30,7 +34,10 @@ JA: dict[str, str] = {
     "jslm_repetition_penalty": "繰り返しペナルティ",
     "jslm_repetition_penalty_info": "大きいほど同じ言い回しを避けます。",
     "jslm_seed": "シード",
-    "jslm_seed_info": "空欄でランダム。同じシードと設定で同じ返答を再現できます。",
+    "jslm_seed_info": (
+        "空欄でランダム（使ったシードは状態表示に出ます）。同じシードと設定で同じ返答を再現できます。"
+    ),
+    "jslm_seed_placeholder": "ランダム",
     "jslm_reset": "設定を初期値に戻す",
     "jslm_examples": "例",
     "jslm_export_json": "JSON で保存",
@@ -63,7 +70,10 @@ EN: dict[str, str] = {
     "jslm_repetition_penalty": "Repetition penalty",
     "jslm_repetition_penalty_info": "Higher values avoid repeating the same phrases.",
     "jslm_seed": "Seed",
-    "jslm_seed_info": "Empty for random. The same seed and settings reproduce a reply.",
+    "jslm_seed_info": (
+        "Empty for random (the seed used shows in the status line). The same seed and settings reproduce a reply."
+    ),
+    "jslm_seed_placeholder": "random",
     "jslm_reset": "Reset settings",
     "jslm_examples": "Examples",
     "jslm_export_json": "Save as JSON",
@@ -82,3 +92,39 @@ TRANSLATIONS: dict[str, dict[str, str]] = {
     "en": EN,
     **dict.fromkeys(OTHER_LANGUAGES, JA),
 }
+
+
+def status_line(reply: Reply, context_length: int) -> str:
+    """The line under the chat: progress or why it ended, context used, speed, turns left out, seed."""
+    used = reply.prompt.num_tokens + reply.new_tokens
+    speed = reply.tokens_per_second
+    parts = [
+        FINISH_NOTES.get(reply.finish_reason or "", GENERATING),
+        f"コンテキスト (context): {used:,} / {context_length:,} トークン",
+        f"速度 (speed): {speed:.1f} トークン/秒 (tok/s)" if speed else "速度 (speed): –",
+        f"省略したターン (turns left out): {reply.prompt.dropped_turns}",
+        f"シード (seed): {reply.seed}",
+    ]
+    return " · ".join(parts)
+
+
+GENERATING = "生成中… (generating)"
+FINISH_NOTES = {
+    "eos": "完了 (done)",
+    "stopped": "停止しました (stopped)",
+    "length": "完了: 最大生成トークン数に達しました (done: hit max_new_tokens)",
+}
+STOPPED = FINISH_NOTES["stopped"]
+
+
+def waiting_line(ahead: int) -> str:
+    """The status line while a request waits for a generation slot."""
+    return f"順番待ちです。前に {ahead} 件あります… / Waiting in line: {ahead} ahead of you…"
+
+
+def dropped_notice(dropped: int) -> str:
+    """What the user is told when old turns no longer fit the context window."""
+    return (
+        f"古いやり取り {dropped} ターン分がコンテキストに入りきらないため、モデルには送っていません。"
+        f" / {dropped} old turn(s) no longer fit the context window and were left out."
+    )

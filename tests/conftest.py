@@ -85,8 +85,16 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, llama_tokenizer: ob
 
 
 @pytest.fixture(scope="session")
-def demo_engine() -> object:
-    """The offline demo model, loaded exactly as ``python app.py --demo`` loads it (built once, cached)."""
+def demo_model_path() -> Path:
+    """The demo model in the default cache (``$JSLM_CACHE_DIR`` or ~/.cache/jslm-chat), built once."""
+    from jslm_chat.demo_model import demo_model_dir
+
+    return demo_model_dir()
+
+
+@pytest.fixture(scope="session")
+def demo_engine(demo_model_path: Path) -> object:
+    """The offline demo model, loaded exactly as ``python app.py --demo`` loads it."""
     from jslm_chat.server import load_for
     from jslm_chat.settings import Settings
 

@@ -30,17 +30,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch_app(engine: object, **settings: object) -> tuple[object, str]:
-    app = create_app(Settings(demo=True, **settings), engine=engine)
+def launch_app(engine: object, **settings: object) -> tuple[object, str, object]:
+    app, service = create_app(Settings(demo=True, **settings), engine=engine)
     _, url, _ = app.launch(
-        server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True, **launch_options()
+        server_name="127.0.0.1",
+        server_port=free_port(),
+        prevent_thread_lock=True,
+        quiet=True,
+        **launch_options(service),
     )
-    return app, url
+    return app, url, service
 
 
 @pytest.fixture(scope="module")
 def server(demo_engine):
-    app, url = launch_app(demo_engine, concurrency=1, queue_size=8)
+    app, url, _ = launch_app(demo_engine, concurrency=1, queue_size=8)
     yield url
     app.close()
 
@@ -187,20 +191,20 @@ def test_stopping_one_session_never_touches_another(server):
 
 
 @pytest.mark.usefixtures("endless_replies")
-def test_a_full_queue_answers_with_a_clear_busy_message(demo_engine):
-    app, url = launch_app(demo_engine, concurrency=1, queue_size=1)
+def test_a_full_line_answers_with_a_clear_busy_message(demo_engine):
+    app, url, service = launch_app(demo_engine, concurrency=1, queue_size=1)
     try:
         clients = [Client(url, verbose=False) for _ in range(3)]
         running = clients[0].submit("一", [], api_name="/chat", max_new_tokens=1500)
         assert wait_until(lambda: len(running.outputs()) >= 1, timeout=60)
         waiting = clients[1].submit("二", [], api_name="/chat", max_new_tokens=4)
-        assert wait_until(lambda: waiting.status().code.name in ("IN_QUEUE", "QUEUE_FULL", "STARTING"), timeout=10)
-        time.sleep(0.5)
-        with pytest.raises(Exception, match="混雑") as caught:
+        assert wait_until(lambda: service.admission.waiting == 1, timeout=10)
+        with pytest.raises(AppError, match="混雑") as caught:
             clients[2].predict("三", [], api_name="/chat", max_new_tokens=4)
         assert "busy" in str(caught.value)
         running.cancel()
-        waiting.cancel()
+        assert waiting.result(timeout=60) is not None  # the one in line is served next
+        assert wait_until(lambda: service.admission.running == 0, timeout=10)
     finally:
         app.close()
     assert wait_until(lambda: not generation_threads(), timeout=5)

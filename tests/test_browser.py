@@ -26,7 +26,7 @@ USER = '#jslm-chatbot [data-testid="user"]'
 
 @pytest.fixture(scope="module")
 def app_url(demo_engine):
-    app, url = launch_app(demo_engine, concurrency=1, queue_size=8)
+    app, url, _ = launch_app(demo_engine, concurrency=1, queue_size=8)
     yield url
     app.close()
 
@@ -51,15 +51,19 @@ def send(page: Page, text: str) -> None:
 
 def set_max_new_tokens(page: Page, value: int) -> None:
     field = page.locator("#jslm-max-new-tokens input[type=number]")
-    page.locator("#jslm-settings").get_by_text("詳細設定").click()
+    if not field.is_visible():
+        page.locator("#jslm-settings").get_by_text("詳細設定").click()
+        expect(field).to_be_visible()
+        page.wait_for_timeout(300)  # the accordion's content settles after opening
     field.fill(str(value))
     field.press("Tab")
+    expect(page.locator("#jslm-max-new-tokens input[type=range]")).to_have_value(str(value))
 
 
 def wait_for_reply(page: Page, count: int, timeout: float = 60) -> str:
-    """Wait until the chat holds ``count`` finished replies; return the last one's text."""
+    """Wait until the chat holds ``count`` replies, the last one finished; return its text."""
     expect(page.locator(BOT)).to_have_count(count, timeout=timeout * 1000)
-    expect(page.locator("#jslm-status")).to_contain_text("シード", timeout=timeout * 1000)
+    expect(page.locator("#jslm-status")).to_contain_text("完了", timeout=timeout * 1000)
     return page.locator(BOT).last.inner_text()
 
 
