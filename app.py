@@ -1,8 +1,8 @@
 """jslm-chat: flags and environment → settings → engine → Gradio UI → launch.
 
-    python app.py            # stabilityai/japanese-stablelm-instruct-beta-7b, fp16 on the GPU
-    python app.py --demo     # the tiny offline demo model, on CPU, in seconds
-    python app.py --help     # every flag (each also an environment variable, for Spaces)
+python app.py            # stabilityai/japanese-stablelm-instruct-beta-7b, fp16 on the GPU
+python app.py --demo     # the tiny offline demo model, on CPU, in seconds
+python app.py --help     # every flag (each also an environment variable, for Spaces)
 """
 
 from __future__ import annotations

@@ -45,35 +45,36 @@ class ModelPreset:
         return dataclasses.replace(self, context_length=context_length, sampling=sampling)
 
 
+def _llama2_preset(key: str, model_id: str, display_name: str) -> ModelPreset:
+    """A Llama-2-based beta model: ``[INST]`` format, 4096 tokens, the default system prompt."""
+    return ModelPreset(
+        key=key,
+        model_id=model_id,
+        display_name=display_name,
+        prompt_format=LLAMA2_FORMAT,
+        context_length=4096,
+        system_prompt=DEFAULT_SYSTEM_PROMPT,
+        sampling=SamplingDefaults(),
+    )
+
+
 PRESETS: dict[str, ModelPreset] = {
     preset.key: preset
     for preset in (
-        ModelPreset(
-            key="instruct-beta-7b",
-            model_id="stabilityai/japanese-stablelm-instruct-beta-7b",
-            display_name="Japanese StableLM Instruct Beta 7B",
-            prompt_format=LLAMA2_FORMAT,
-            context_length=4096,
-            system_prompt=DEFAULT_SYSTEM_PROMPT,
-            sampling=SamplingDefaults(),
+        _llama2_preset(
+            "instruct-beta-7b",
+            "stabilityai/japanese-stablelm-instruct-beta-7b",
+            "Japanese StableLM Instruct Beta 7B",
         ),
-        ModelPreset(
-            key="instruct-ja_vocab-beta-7b",
-            model_id="stabilityai/japanese-stablelm-instruct-ja_vocab-beta-7b",
-            display_name="Japanese StableLM Instruct JA-Vocab Beta 7B",
-            prompt_format=LLAMA2_FORMAT,
-            context_length=4096,
-            system_prompt=DEFAULT_SYSTEM_PROMPT,
-            sampling=SamplingDefaults(),
+        _llama2_preset(
+            "instruct-ja_vocab-beta-7b",
+            "stabilityai/japanese-stablelm-instruct-ja_vocab-beta-7b",
+            "Japanese StableLM Instruct JA-Vocab Beta 7B",
         ),
-        ModelPreset(
-            key="instruct-beta-70b",
-            model_id="stabilityai/japanese-stablelm-instruct-beta-70b",
-            display_name="Japanese StableLM Instruct Beta 70B",
-            prompt_format=LLAMA2_FORMAT,
-            context_length=4096,
-            system_prompt=DEFAULT_SYSTEM_PROMPT,
-            sampling=SamplingDefaults(),
+        _llama2_preset(
+            "instruct-beta-70b",
+            "stabilityai/japanese-stablelm-instruct-beta-70b",
+            "Japanese StableLM Instruct Beta 70B",
         ),
         ModelPreset(
             key="instruct-gamma-7b",

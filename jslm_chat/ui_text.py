@@ -34,9 +34,7 @@ JA: dict[str, str] = {
     "jslm_repetition_penalty": "繰り返しペナルティ",
     "jslm_repetition_penalty_info": "大きいほど同じ言い回しを避けます。",
     "jslm_seed": "シード",
-    "jslm_seed_info": (
-        "空欄でランダム（使ったシードは状態表示に出ます）。同じシードと設定で同じ返答を再現できます。"
-    ),
+    "jslm_seed_info": ("空欄でランダム（使ったシードは状態表示に出ます）。同じシードと設定で同じ返答を再現できます。"),
     "jslm_seed_placeholder": "ランダム",
     "jslm_reset": "設定を初期値に戻す",
     "jslm_examples": "例",
