@@ -7,6 +7,7 @@ import socket
 import time
 
 import pytest
+import torch
 from conftest import generation_threads, wait_until
 from gradio_client import Client
 from gradio_client.exceptions import AppError
@@ -208,3 +209,18 @@ def test_a_full_line_answers_with_a_clear_busy_message(demo_engine):
     finally:
         app.close()
     assert wait_until(lambda: not generation_threads(), timeout=5)
+
+
+def test_out_of_memory_during_generation_is_a_clear_error_and_the_next_request_works(
+    client, demo_engine, monkeypatch
+):
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(demo_engine.model, "generate", out_of_memory)
+    with pytest.raises(AppError, match="GPU のメモリが足りなくなりました") as caught:
+        client.predict("こんにちは", [], api_name="/chat", max_new_tokens=8)
+    assert "Out of GPU memory" in str(caught.value)
+    monkeypatch.undo()
+    assert stream(client, "こんにちは", [], max_new_tokens=8, seed=1)
+    assert not generation_threads()

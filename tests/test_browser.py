@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from conftest import generation_threads, wait_until
 from playwright.sync_api import Page, expect, sync_playwright
@@ -86,6 +89,19 @@ def test_chat_stop_retry_undo_clear_in_a_real_browser(page, tmp_path, request):
     assert first.strip()
     assert "\ufffd" not in first
     page.screenshot(path=str(tmp_path / "first-reply.png"), full_page=True)
+
+    # The conversation downloads as JSON and as Markdown.
+    with page.expect_download() as download:
+        page.locator("#jslm-export-json").click()
+    exported = json.loads(Path(download.value.path()).read_text(encoding="utf-8"))
+    assert [message["role"] for message in exported["messages"]] == ["user", "assistant"]
+    assert exported["messages"][0]["content"] == "こんにちは、自己紹介してください。"
+    assert exported["messages"][1]["content"].strip() == first.strip()
+    with page.expect_download() as download:
+        page.locator("#jslm-export-md").click()
+    markdown = Path(download.value.path()).read_text(encoding="utf-8")
+    assert markdown.startswith("# 会話ログ")
+    assert "こんにちは、自己紹介してください。" in markdown
 
     # Stop during a long reply: the text stops growing and the server-side thread ends.
     request.getfixturevalue("endless_replies")
