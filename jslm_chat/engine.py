@@ -262,18 +262,31 @@ class Reply:
         self.close()
 
     def _chunks(self) -> Iterator[str]:
-        """Text chunks from the streamer; never blocks forever if the thread dies."""
+        """Text from the streamer, everything queued so far in one chunk; never blocks forever.
+
+        A consumer slower than the model (a browser over a slow link, say) gets one update with
+        all the new text rather than a growing backlog of one-token updates.
+        """
+        pending = self._streamer.text_queue
+        end = self._streamer.stop_signal
         while True:
             try:
-                chunk = next(self._streamer)
-            except StopIteration:
-                return
+                parts = [pending.get(timeout=QUEUE_POLL_SECONDS)]
             except queue.Empty:
-                if self._thread is not None and not self._thread.is_alive() and self._streamer.text_queue.empty():
+                if self._thread is not None and not self._thread.is_alive() and pending.empty():
                     return
                 continue
-            if chunk:
-                yield chunk
+            while parts[-1] is not end:
+                try:
+                    parts.append(pending.get_nowait())
+                except queue.Empty:
+                    break
+            ended = parts[-1] is end
+            text = "".join(parts[:-1] if ended else parts)
+            if text:
+                yield text
+            if ended:
+                return
 
     def _generate(self) -> None:
         engine, params = self._engine, self.params

@@ -254,3 +254,14 @@ def test_memory_failures_are_named_as_such():
     message = describe_load_failure("some/model", MemoryError("DefaultCPUAllocator: can't allocate memory"))
     assert "メモリが足りません" in message
     assert "Not enough memory" in message
+
+
+@pytest.mark.usefixtures("endless_replies")
+def test_a_slow_consumer_gets_fewer_bigger_chunks_and_the_same_text(engine, three_turns):
+    fast = list(engine.stream(three_turns, sampling(max_new_tokens=120, seed=9)))
+    slow = []
+    for text in engine.stream(three_turns, sampling(max_new_tokens=120, seed=9)):
+        slow.append(text)
+        time.sleep(0.05)
+    assert slow[-1] == fast[-1]
+    assert len(slow) < len(fast) / 2

@@ -1,0 +1,105 @@
+"""Engine figures on the offline demo model (CPU): speed, latency, Stop, prompt building.
+
+    python bench/bench_engine.py
+
+Prints figures; asserts nothing. Replies are forced to their full length (EOS suppressed) so
+that every run measures the same number of tokens.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from jslm_chat import engine as engine_module
+from jslm_chat.engine import Conversation, Engine
+from jslm_chat.params import GenerationParams
+from jslm_chat.prompt import Turn
+from jslm_chat.server import load_for
+from jslm_chat.settings import Settings
+
+SYSTEM = "あなたは役立つアシスタントです。"
+RUNS = 3
+
+
+def force_full_length() -> None:
+    original = engine_module._generation_config
+
+    def full_length(engine: Engine, params: GenerationParams) -> object:
+        config = original(engine, params)
+        config.min_new_tokens = config.max_new_tokens
+        return config
+
+    engine_module._generation_config = full_length  # type: ignore[assignment]
+
+
+def speed(engine: Engine, tokens: int) -> tuple[float, float]:
+    """Median time to first token (s) and decoding speed (tokens/s) over RUNS replies."""
+    firsts, speeds = [], []
+    for seed in range(RUNS):
+        reply = engine.stream(Conversation(SYSTEM, [], "日本の四季について教えてください。"), params(tokens, seed))
+        for _ in reply:
+            pass
+        firsts.append(reply.seconds_to_first_token or 0.0)
+        speeds.append(reply.tokens_per_second or 0.0)
+    return statistics.median(firsts), statistics.median(speeds)
+
+
+def stop_latency(engine: Engine) -> float:
+    """Median seconds from closing a running reply to its generation thread being gone."""
+    latencies = []
+    for seed in range(RUNS):
+        reply = engine.stream(Conversation(SYSTEM, [], "長い話をしてください。"), params(1500, seed))
+        consumer = iter(reply)
+        for _ in range(20):
+            next(consumer)
+        started = time.perf_counter()
+        consumer.close()
+        while any(thread.name == "jslm-generate" for thread in threading.enumerate()):
+            time.sleep(0.0005)
+        latencies.append(time.perf_counter() - started)
+    return statistics.median(latencies)
+
+
+def prompt_building(engine: Engine, turns: int) -> tuple[float, int, int]:
+    """Median ms to build a prompt from ``turns`` long turns with a 512-token reply budget."""
+    history = [
+        Turn(f"質問{i}：" + "日本の文化について。" * 10, f"回答{i}：" + "とても奥が深いです。" * 10)
+        for i in range(turns)
+    ]
+    timings = []
+    for _ in range(RUNS):
+        started = time.perf_counter()
+        prompt = engine.prepare(Conversation(SYSTEM, history, "最後の質問です。"), max_new_tokens=512)
+        timings.append((time.perf_counter() - started) * 1000)
+    return statistics.median(timings), prompt.num_tokens, prompt.dropped_turns
+
+
+def params(max_new_tokens: int, seed: int) -> GenerationParams:
+    return GenerationParams(max_new_tokens, 0.7, 0.95, 50, 1.1, seed)
+
+
+def main() -> None:
+    started = time.perf_counter()
+    engine = load_for(Settings(demo=True))
+    seconds = time.perf_counter() - started
+    print(f"demo model loaded in {seconds:.1f} s ({engine.placement.device_label}, {engine.dtype_label})")
+    force_full_length()
+    for tokens in (64, 512):
+        first, tokens_per_second = speed(engine, tokens)
+        print(
+            f"reply of {tokens:4d} tokens: first token after {first * 1000:6.1f} ms, {tokens_per_second:6.1f} tokens/s"
+        )
+    print(f"Stop: generation thread gone {stop_latency(engine) * 1000:.1f} ms after closing the reply (median)")
+    for turns in (10, 40, 160):
+        milliseconds, num_tokens, dropped = prompt_building(engine, turns)
+        print(f"prompt from {turns:3d} turns: {milliseconds:7.1f} ms, {num_tokens} tokens, {dropped} turns left out")
+
+
+if __name__ == "__main__":
+    main()
