@@ -12,7 +12,8 @@ import gradio as gr
 
 from .admission import Admission
 from .chat import ChatService
-from .engine import Engine, ModelLoadError, load_engine
+from .engine import Engine
+from .loading import ModelLoadError, load_engine
 from .settings import Settings, parse_settings
 from .ui import build_ui, configure_queue, launch_options
 

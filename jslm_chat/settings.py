@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .engine import DEVICE_CHOICES, DTYPE_CHOICES
+from .loading import DEVICE_CHOICES, DTYPE_CHOICES
 from .presets import DEFAULT_PRESET_KEY, PRESETS
 
 TRUE_WORDS = {"1", "true", "yes", "on"}

@@ -211,9 +211,7 @@ def test_a_full_line_answers_with_a_clear_busy_message(demo_engine):
     assert wait_until(lambda: not generation_threads(), timeout=5)
 
 
-def test_out_of_memory_during_generation_is_a_clear_error_and_the_next_request_works(
-    client, demo_engine, monkeypatch
-):
+def test_out_of_memory_during_generation_is_a_clear_error_and_the_next_request_works(client, demo_engine, monkeypatch):
     def out_of_memory(*args: object, **kwargs: object) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from jslm_chat.chat import ChatInputError, ChatRequest, ChatService, content_text, history_to_turns
-from jslm_chat.engine import load_engine
+from jslm_chat.loading import load_engine
 from jslm_chat.params import GenerationParams, InvalidParameterError
 from jslm_chat.prompt import Turn
 
