@@ -93,13 +93,15 @@ def load_engine(model: str, *, device: str = "auto", dtype: str = "auto", displa
         config = AutoConfig.from_pretrained(source)
     except Exception as error:
         raise ModelLoadError(describe_load_failure(source, error)) from error
-    placement = choose_placement(device, dtype, estimate_parameters(config))
-    if placement.device_label == "cpu":
+    parameters = estimate_parameters(config)
+    placement = choose_placement(device, dtype, parameters)
+    dtype_name = str(placement.dtype).removeprefix("torch.")
+    if placement.device_label == "cpu" and (parameters is None or parameters >= SMALL_MODEL_PARAMETERS):
         logger.warning(
-            "GPU なしで CPU (%s) で実行します。7B モデルの生成はとても遅くなります。"
-            " / Running on CPU (%s): a 7B model generates very slowly.",
-            str(placement.dtype).removeprefix("torch."),
-            str(placement.dtype).removeprefix("torch."),
+            "GPU なしで CPU (%s) で実行します。7B モデルの生成はとても遅くなります（1 秒に数トークン）。"
+            " / Running on CPU (%s): a 7B model generates very slowly (a few tokens a second).",
+            dtype_name,
+            dtype_name,
         )
     started = time.perf_counter()
     try:
@@ -115,7 +117,7 @@ def load_engine(model: str, *, device: str = "auto", dtype: str = "auto", displa
         "loaded %s on %s (%s) in %.1f s",
         source,
         placement.device_label,
-        str(placement.dtype).removeprefix("torch."),
+        dtype_name,
         time.perf_counter() - started,
     )
     return Engine(loaded, tokenizer, preset, placement)

@@ -107,3 +107,14 @@ def test_memory_failures_are_named_as_such():
     message = describe_load_failure("some/model", MemoryError("DefaultCPUAllocator: can't allocate memory"))
     assert "メモリが足りません" in message
     assert "Not enough memory" in message
+
+
+def test_cpu_slowness_warning_only_for_big_models(tiny_model_dir, caplog, monkeypatch):
+    with caplog.at_level("WARNING", logger="jslm_chat.loading"):
+        load_engine(str(tiny_model_dir), device="cpu")
+    assert "very slowly" not in caplog.text
+    monkeypatch.setattr(loading, "estimate_parameters", lambda config: 6_700_000_000)
+    with caplog.at_level("WARNING", logger="jslm_chat.loading"):
+        load_engine(str(tiny_model_dir), device="cpu", dtype="float32")
+    assert "very slowly" in caplog.text
+    assert "とても遅く" in caplog.text
