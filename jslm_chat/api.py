@@ -1,10 +1,11 @@
 """The named API endpoints ``/chat`` (streaming) and ``/prompt`` (no generation).
 
+(No ``from __future__ import annotations`` here: ``gr.api`` reads the return annotations as
+objects to type the endpoints.)
+
 Both take the same inputs; defaults come from the model preset. Errors come back as
 ``gr.Error`` with a Japanese + English message, and the server keeps serving.
 """
-
-from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any

@@ -36,6 +36,11 @@ def _nothing_to_do(message: str) -> gr.Error:
     return gr.Error(message, visible=False, print_exception=False)
 
 
+def _busy(generating: bool) -> tuple[bool, gr.Button]:
+    """The ``generating`` flag, and the Send button disabled while a reply is on its way."""
+    return generating, gr.Button(interactive=not generating)
+
+
 def _trim_to_last_user_message(history: list[Message]) -> list[Message]:
     trimmed = list(history)
     while trimmed and trimmed[-1].get("role") != "user":
@@ -54,7 +59,7 @@ def build_ui(service: ChatService, *, demo_mode: bool = False) -> gr.Blocks:
         """Move a non-empty message from the textbox into the chat (the reply follows)."""
         if generating or not (message or "").strip():
             raise _nothing_to_do("送信するメッセージがありません / Nothing to send")
-        return "", [*history, {"role": "user", "content": message}], True
+        return "", [*history, {"role": "user", "content": message}], *_busy(True)
 
     def respond(
         history: list[Message],
@@ -109,14 +114,14 @@ def build_ui(service: ChatService, *, demo_mode: bool = False) -> gr.Blocks:
 
     def finish(history: list[Message], system_prompt: str) -> tuple[Any, ...]:
         """After a reply (finished, failed or undone): allow sending again and refresh the exports."""
-        return (False, *export_files(history, system_prompt))
+        return (*_busy(False), *export_files(history, system_prompt))
 
     def retry(history: list[Message], generating: bool) -> tuple[Any, ...]:
         """Drop the last reply so that the last user message is answered again."""
         trimmed = _trim_to_last_user_message(history)
         if generating or not trimmed:
             raise _nothing_to_do("再生成する返答がありません / Nothing to retry")
-        return trimmed, True
+        return trimmed, *_busy(True)
 
     def undo(history: list[Message]) -> tuple[Any, ...]:
         """Remove the last turn and put its message back into the textbox."""
@@ -235,24 +240,24 @@ def build_ui(service: ChatService, *, demo_mode: bool = False) -> gr.Blocks:
                 api_visibility="private",
                 show_progress="minimal",
             )
-            reply_event.then(finish, [chatbot, system_prompt], [generating, *exports], **instant)
+            reply_event.then(finish, [chatbot, system_prompt], [generating, send, *exports], **instant)
             return reply_event
 
-        submit_io = ([textbox, chatbot, generating], [textbox, chatbot, generating])
+        submit_io = ([textbox, chatbot, generating], [textbox, chatbot, generating, send])
         reply_events = [
             then_respond(textbox.submit(submit, *submit_io, **instant)),
             then_respond(send.click(submit, *submit_io, **instant)),
-            then_respond(retry_button.click(retry, [chatbot, generating], [chatbot, generating], **instant)),
+            then_respond(retry_button.click(retry, [chatbot, generating], [chatbot, generating, send], **instant)),
         ]
         stop_button.click(stop, None, None, **instant)
         undo_button.click(undo, [chatbot], [chatbot, textbox], cancels=reply_events, **instant).then(
-            finish, [chatbot, system_prompt], [generating, *exports], **instant
+            finish, [chatbot, system_prompt], [generating, send, *exports], **instant
         )
         for clearing in (clear.click, chatbot.clear):  # our button and the chatbot's own trash icon
             clearing(
-                lambda: ([], "", False, None, None),
+                lambda: ([], "", *_busy(False), None, None),
                 None,
-                [chatbot, status, generating, *exports],
+                [chatbot, status, generating, send, *exports],
                 cancels=reply_events,
                 **instant,
             )

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 from conftest import generation_threads, wait_until
 from playwright.sync_api import Page, expect, sync_playwright
 from test_api import launch_app
+
+from jslm_chat import engine as engine_module
 
 pytestmark = pytest.mark.browser
 
@@ -114,9 +117,11 @@ def test_chat_stop_retry_undo_clear_in_a_real_browser(page, tmp_path, request):
         page.wait_for_timeout(150)
     assert len(set(lengths)) > 1, f"the reply did not stream: {lengths}"
     assert generation_threads()
+    expect(page.locator("#jslm-send")).to_be_disabled()  # one reply at a time per conversation
     page.locator("#jslm-stop").click()
     assert wait_until(lambda: not generation_threads(), timeout=5), "Stop did not end the generation"
     expect(page.locator("#jslm-status")).to_contain_text("停止")
+    expect(page.locator("#jslm-send")).to_be_enabled()
     stopped_text = page.locator(BOT).last.inner_text()
     page.wait_for_timeout(800)
     assert page.locator(BOT).last.inner_text() == stopped_text
@@ -179,3 +184,28 @@ def test_demo_banner_says_it_is_a_tiny_demo_model(page):
     expect(page.locator("#jslm-header")).to_contain_text("DEMO")
     expect(page.locator("#jslm-header")).to_contain_text("cpu")
     expect(page.locator("#jslm-header")).to_contain_text("float32")
+
+
+def test_closing_the_tab_stops_the_generation_on_the_server(app_url, request, monkeypatch):
+    request.getfixturevalue("endless_replies")
+    step = engine_module._StopAndCount.__call__
+
+    def slow_step(self, *args, **kwargs):  # 2000 tokens now take at least 20 s
+        time.sleep(0.01)
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(engine_module._StopAndCount, "__call__", slow_step)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_context(locale="ja-JP").new_page()
+        page.goto(app_url)
+        page.wait_for_selector("#jslm-chatbot")
+        set_max_new_tokens(page, 1900)
+        send(page, "長いお話をしてください。")
+        assert wait_until(lambda: bool(generation_threads()), timeout=60)
+        page.wait_for_timeout(500)
+        closed_at = time.monotonic()
+        page.close()
+        browser.close()
+    assert wait_until(lambda: not generation_threads(), timeout=10), "a closed tab left its generation running"
+    assert time.monotonic() - closed_at < 10
