@@ -17,6 +17,7 @@ from jslm_chat.server import serve
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the app until interrupted; the exit status is 0, or 1 when the model cannot load."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own health checks, one line each
     return serve(argv)
 
 

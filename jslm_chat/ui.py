@@ -100,21 +100,19 @@ def build_ui(service: ChatService, *, demo_mode: bool = False) -> gr.Blocks:
         """Stop this browser session's reply; the reply's own stream then shows that it stopped."""
         service.stop(request.session_hash)
 
-    def export_files(history: list[Message], system_prompt: str) -> tuple[str | None, str | None]:
+    def finish(history: list[Message], *settings: Any) -> tuple[Any, ...]:
+        """After a reply (finished, failed or undone): allow sending again and refresh the exports."""
         if not history:
-            return None, None
+            return *_busy(False), None, None
+        names = ("system_prompt", "max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed")
         metadata = {
             "model": preset.model_id,
-            "system_prompt": system_prompt,
             "device": engine.placement.device_label,
             "dtype": engine.dtype_label,
+            **dict(zip(names, settings, strict=True)),
         }
         json_path, markdown_path = write_exports(history, metadata, Path(tempfile.mkdtemp(prefix="jslm-export-")))
-        return str(json_path), str(markdown_path)
-
-    def finish(history: list[Message], system_prompt: str) -> tuple[Any, ...]:
-        """After a reply (finished, failed or undone): allow sending again and refresh the exports."""
-        return (*_busy(False), *export_files(history, system_prompt))
+        return *_busy(False), str(json_path), str(markdown_path)
 
     def retry(history: list[Message], generating: bool) -> tuple[Any, ...]:
         """Drop the last reply so that the last user message is answered again."""
@@ -240,7 +238,7 @@ def build_ui(service: ChatService, *, demo_mode: bool = False) -> gr.Blocks:
                 api_visibility="private",
                 show_progress="minimal",
             )
-            reply_event.then(finish, [chatbot, system_prompt], [generating, send, *exports], **instant)
+            reply_event.then(finish, [chatbot, *settings_inputs], [generating, send, *exports], **instant)
             return reply_event
 
         submit_io = ([textbox, chatbot, generating], [textbox, chatbot, generating, send])
@@ -251,7 +249,7 @@ def build_ui(service: ChatService, *, demo_mode: bool = False) -> gr.Blocks:
         ]
         stop_button.click(stop, None, None, **instant)
         undo_button.click(undo, [chatbot], [chatbot, textbox], cancels=reply_events, **instant).then(
-            finish, [chatbot, system_prompt], [generating, send, *exports], **instant
+            finish, [chatbot, *settings_inputs], [generating, send, *exports], **instant
         )
         for clearing in (clear.click, chatbot.clear):  # our button and the chatbot's own trash icon
             clearing(

@@ -100,6 +100,8 @@ def test_chat_stop_retry_undo_clear_in_a_real_browser(page, tmp_path, request):
     assert [message["role"] for message in exported["messages"]] == ["user", "assistant"]
     assert exported["messages"][0]["content"] == "こんにちは、自己紹介してください。"
     assert exported["messages"][1]["content"].strip() == first.strip()
+    assert exported["metadata"]["system_prompt"] == "あなたは役立つアシスタントです。"
+    assert exported["metadata"]["temperature"] == 0.7
     with page.expect_download() as download:
         page.locator("#jslm-export-md").click()
     markdown = Path(download.value.path()).read_text(encoding="utf-8")
