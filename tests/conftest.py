@@ -116,6 +116,23 @@ def endless_replies(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(engine_module, "_generation_config", without_early_eos)
 
 
+@pytest.fixture
+def paced_generation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each decoding step takes at least 5 ms, as on real hardware, so streaming tests do not depend
+    on how fast this machine runs the tiny models (a fast model can finish before a reader wakes)."""
+    import time
+
+    from jslm_chat import engine as engine_module
+
+    step = engine_module._StopAndCount.__call__
+
+    def paced_step(self: object, *args: object, **kwargs: object) -> object:
+        time.sleep(0.005)
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(engine_module._StopAndCount, "__call__", paced_step)
+
+
 def generation_threads() -> list[object]:
     """Generation threads still alive in this process."""
     import threading

@@ -77,6 +77,7 @@ def test_api_lists_exactly_the_two_named_endpoints(client):
     ]
 
 
+@pytest.mark.usefixtures("paced_generation")
 def test_chat_streams_a_multi_turn_reply_in_several_growing_chunks(client):
     chunks = stream(client, "京都について教えてください。", TWO_TURNS, max_new_tokens=48, seed=7, temperature=0.7)
     assert len(chunks) > 1

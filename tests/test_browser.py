@@ -11,8 +11,6 @@ from conftest import generation_threads, wait_until
 from playwright.sync_api import Page, expect, sync_playwright
 from test_api import launch_app
 
-from jslm_chat import engine as engine_module
-
 pytestmark = pytest.mark.browser
 
 CHROMIUM = "/usr/bin/chromium"
@@ -110,6 +108,7 @@ def test_chat_stop_retry_undo_clear_in_a_real_browser(page, tmp_path, request):
 
     # Stop during a long reply: the text stops growing and the server-side thread ends.
     request.getfixturevalue("endless_replies")
+    request.getfixturevalue("paced_generation")
     set_max_new_tokens(page, 1500)
     send(page, "長いお話をしてください。")
     lengths = []
@@ -188,15 +187,9 @@ def test_demo_banner_says_it_is_a_tiny_demo_model(page):
     expect(page.locator("#jslm-header")).to_contain_text("float32")
 
 
-def test_closing_the_tab_stops_the_generation_on_the_server(app_url, request, monkeypatch):
+def test_closing_the_tab_stops_the_generation_on_the_server(app_url, request):
     request.getfixturevalue("endless_replies")
-    step = engine_module._StopAndCount.__call__
-
-    def slow_step(self, *args, **kwargs):  # 2000 tokens now take at least 20 s
-        time.sleep(0.01)
-        return step(self, *args, **kwargs)
-
-    monkeypatch.setattr(engine_module._StopAndCount, "__call__", slow_step)
+    request.getfixturevalue("paced_generation")  # 1900 tokens now take at least 9.5 s
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_context(locale="ja-JP").new_page()
@@ -209,5 +202,5 @@ def test_closing_the_tab_stops_the_generation_on_the_server(app_url, request, mo
         closed_at = time.monotonic()
         page.close()
         browser.close()
-    assert wait_until(lambda: not generation_threads(), timeout=10), "a closed tab left its generation running"
-    assert time.monotonic() - closed_at < 10
+    assert wait_until(lambda: not generation_threads(), timeout=5), "a closed tab left its generation running"
+    assert time.monotonic() - closed_at < 5

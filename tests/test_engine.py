@@ -33,6 +33,7 @@ def three_turns() -> Conversation:
     return Conversation(SYSTEM, turns, "京都について教えて")
 
 
+@pytest.mark.usefixtures("paced_generation")
 def test_three_turn_conversation_streams_in_several_growing_chunks(engine, three_turns):
     reply = engine.stream(three_turns, sampling(max_new_tokens=40))
     chunks = list(reply)
