@@ -169,11 +169,12 @@ def build_ui(service: ChatService, *, demo_mode: bool = False) -> gr.Blocks:
                 elem_id="jslm-input",
             )
             send = gr.Button(i18n("jslm_send"), variant="primary", scale=1, min_width=90, elem_id="jslm-send")
-        with gr.Row():
-            stop_button = gr.Button(i18n("jslm_stop"), variant="stop", size="sm", elem_id="jslm-stop")
-            retry_button = gr.Button(i18n("jslm_retry"), size="sm", elem_id="jslm-retry")
-            undo_button = gr.Button(i18n("jslm_undo"), size="sm", elem_id="jslm-undo")
-            clear = gr.Button(i18n("jslm_clear"), size="sm", elem_id="jslm-clear")
+        with gr.Row(elem_id="jslm-actions"):  # one row, phones included
+            action = {"size": "sm", "min_width": 64}
+            stop_button = gr.Button(i18n("jslm_stop"), variant="stop", elem_id="jslm-stop", **action)
+            retry_button = gr.Button(i18n("jslm_retry"), elem_id="jslm-retry", **action)
+            undo_button = gr.Button(i18n("jslm_undo"), elem_id="jslm-undo", **action)
+            clear = gr.Button(i18n("jslm_clear"), elem_id="jslm-clear", **action)
         status = gr.Markdown("", elem_id="jslm-status")
         with gr.Accordion(i18n("jslm_settings"), open=False, elem_id="jslm-settings"):
             system_prompt = gr.Textbox(
