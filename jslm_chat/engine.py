@@ -259,7 +259,7 @@ def _generation_config(engine: Engine, params: GenerationParams) -> GenerationCo
             "do_sample": True,
             "temperature": params.temperature,
             "top_p": params.top_p,
-            "top_k": params.top_k or None,
+            "top_k": params.top_k,  # 0 turns top-k off (None would fall back to the default, 50)
         }
     )
     return GenerationConfig(

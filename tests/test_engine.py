@@ -169,3 +169,34 @@ def test_a_slow_consumer_gets_fewer_bigger_chunks_and_the_same_text(engine, thre
         time.sleep(0.05)
     assert slow[-1] == fast[-1]
     assert len(slow) < len(fast) / 2
+
+
+def test_sampling_parameters_reach_generate(engine, three_turns, monkeypatch):
+    from transformers.generation import logits_process
+
+    seen: dict[str, object] = {}
+
+    def spy(cls: type, field: str, name: str) -> None:
+        original = cls.__init__
+
+        def init(self, *args, **kwargs):
+            original(self, *args, **kwargs)
+            seen[name] = getattr(self, field)
+
+        monkeypatch.setattr(cls, "__init__", init)
+
+    spy(logits_process.TemperatureLogitsWarper, "temperature", "temperature")
+    spy(logits_process.TopPLogitsWarper, "top_p", "top_p")
+    spy(logits_process.TopKLogitsWarper, "top_k", "top_k")
+    spy(logits_process.RepetitionPenaltyLogitsProcessor, "penalty", "repetition_penalty")
+
+    list(engine.stream(three_turns, GenerationParams(4, 0.3, 0.8, 7, 1.3, 1)))
+    assert seen == {"temperature": 0.3, "top_p": 0.8, "top_k": 7, "repetition_penalty": 1.3}
+
+    seen.clear()
+    list(engine.stream(three_turns, GenerationParams(4, 0.3, 0.8, 0, 1.0, 1)))
+    assert "top_k" not in seen  # 0 turns top-k off; it must not fall back to the default of 50
+
+    seen.clear()
+    list(engine.stream(three_turns, GenerationParams(4, 0.0, 0.8, 7, 1.2, None)))
+    assert seen == {"repetition_penalty": 1.2}  # greedy: no sampling warpers at all
