@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from conftest import generation_threads
 
-from jslm_chat.chat import ChatInputError, ChatRequest, ChatService, content_text, history_to_turns
+from jslm_chat.chat import ChatInputError, ChatRequest, ChatService, InLine, content_text, history_to_turns
 from jslm_chat.loading import load_engine
 from jslm_chat.params import GenerationParams, InvalidParameterError
 from jslm_chat.prompt import Turn
@@ -80,3 +81,33 @@ def test_reply_streams_for_a_request(service):
     texts = list(reply)
     assert reply.new_tokens > 0
     assert texts == [] or texts[-1] == reply.text
+
+
+def test_stop_while_waiting_in_line_leaves_without_generating(service):
+    holder = service.admission.join()  # someone else is generating
+    try:
+        run = service.run(service.reply(ChatRequest("こんにちは", [], "", PARAMS)), session="tab-1")
+        assert isinstance(next(run), InLine)
+        assert service.admission.waiting == 1
+        assert service.stop("tab-1")
+        assert list(run) == []
+        assert service.admission.waiting == 0
+        assert not service.stop("tab-1")  # nothing left to stop
+    finally:
+        holder.leave()
+    assert not generation_threads()
+
+
+@pytest.mark.usefixtures("endless_replies", "paced_generation")
+def test_stop_during_a_reply_ends_it_within_a_token_and_only_for_that_session(service):
+    reply = service.reply(ChatRequest("こんにちは", [], "", GenerationParams(400, 0.7, 0.95, 50, 1.1, 1)))
+    run = service.run(reply, session="tab-1")
+    assert isinstance(next(run), str)
+    assert not service.stop("tab-2")  # another tab has nothing running
+    assert service.stop("tab-1")
+    rest = list(run)
+    assert len(rest) <= 1
+    assert reply.finish_reason == "stopped"
+    assert reply.new_tokens < 400
+    assert not generation_threads()
+    assert service.admission.running == 0
