@@ -8,8 +8,8 @@ Two formats:
 
   (␣: the open turn ends with a space.) Each turn is encoded on its own; BOS and EOS are ids
   we insert, never text the tokenizer parses.
-* ``alpaca_ja`` (the gamma model): the Japanese Alpaca preamble, then ``### 指示:`` /
-  ``### 応答:`` sections per turn, no BOS, encoded in one piece.
+* ``alpaca_ja`` (the gamma model): the Japanese Alpaca preamble, then ``### 指示:`` (and
+  ``### 入力:``) / ``### 応答:`` sections per turn, no BOS, encoded in one piece.
 """
 
 from __future__ import annotations
@@ -103,20 +103,31 @@ class Llama2Format:
 
 
 class AlpacaJaFormat:
-    """Japanese Alpaca format of instruct-gamma-7b: preamble, then 指示/応答 sections, no BOS.
+    """Japanese Alpaca format of instruct-gamma-7b: preamble, then 指示/入力/応答 sections, no BOS.
 
-    As in the model card's ``build_prompt``; earlier turns become earlier 指示/応答 pairs.
+    As in the model card's ``build_prompt(user_query, inputs)``. A message whose first paragraph
+    is followed by a blank line and more text is an instruction with an input (the card's own
+    example, ``…教えてください。\n\n情けは人のためならず``): the rest goes into ``### 入力:``.
+    Earlier turns become earlier 指示/応答 pairs.
     """
 
     def segments(self, system: str, turns: Sequence[Turn], message: str) -> list[Segment]:
         """Render the whole conversation as one text segment ending in an open 応答 section."""
         sections = []
         for turn in turns:
-            sections += [_alpaca_section("指示", turn.user), _alpaca_section("応答", turn.assistant)]
-        sections += [_alpaca_section("指示", message), _alpaca_section("応答", "")]
+            sections += [*_alpaca_request(turn.user), _alpaca_section("応答", turn.assistant)]
+        sections += [*_alpaca_request(message), _alpaca_section("応答", "")]
         body = ALPACA_SEPARATOR.join(sections)
         text = f"{system.strip()}{ALPACA_SEPARATOR}{body}" if system.strip() else f"### {body}"
         return [Segment(text)]
+
+
+def _alpaca_request(message: str) -> list[str]:
+    """The 指示 section, plus an 入力 section for text after the first blank line."""
+    instruction, _, given = message.strip().partition("\n\n")
+    if instruction.strip() and given.strip():
+        return [_alpaca_section("指示", instruction), _alpaca_section("入力", given)]
+    return [_alpaca_section("指示", message)]
 
 
 def _alpaca_section(role: str, text: str) -> str:

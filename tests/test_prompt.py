@@ -115,6 +115,19 @@ def test_alpaca_ja_format_matches_the_model_card(llama_tokenizer):
     assert llama_tokenizer.bos_token_id not in prompt.token_ids
 
 
+def test_alpaca_ja_instruction_with_input_matches_the_model_card_example(llama_tokenizer):
+    builder = PromptBuilder(llama_tokenizer, get_format("alpaca_ja"))
+    message = "与えられたことわざの意味を小学生でも分かるように教えてください。\n\n情けは人のためならず"
+    prompt = builder.render(ALPACA_JA_PREAMBLE, [], message)
+    # What the card's build_prompt(user_query, inputs) produces for its own example.
+    assert prompt.text == (
+        "以下は、タスクを説明する指示と、文脈のある入力の組み合わせです。要求を適切に満たす応答を書きなさい。"
+        "\n\n### 指示: \n与えられたことわざの意味を小学生でも分かるように教えてください。"
+        "\n\n### 入力: \n情けは人のためならず"
+        "\n\n### 応答: \n"
+    )
+
+
 def test_alpaca_ja_multi_turn_keeps_earlier_pairs(llama_tokenizer):
     segments = AlpacaJaFormat().segments("前文", [Turn("質問1", "回答1")], "質問2")
     assert [segment.text for segment in segments] == [
