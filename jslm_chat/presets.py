@@ -94,15 +94,20 @@ DEFAULT_PRESET_KEY = "instruct-beta-7b"
 def resolve_preset(model: str) -> ModelPreset:
     """Find the preset for a preset key, a hub id or a local directory.
 
-    A known key or hub id gets its own preset (case-insensitive). A local directory or any other
-    id is treated as a Llama-2 chat model (the beta prompt format); the engine fits the context
-    length to the model's config once loaded.
+    A known key or hub id gets its own preset (case-insensitive). A local copy whose path names a
+    known model (``…/japanese-stablelm-instruct-gamma-7b``, or the hub cache's
+    ``models--stabilityai--japanese-stablelm-instruct-gamma-7b/…``) gets that model's preset. Any
+    other directory or id is treated as a Llama-2 chat model (the beta prompt format). The engine
+    fits the context length to the model's config once loaded.
     """
     wanted = model.strip().rstrip("/")
     for preset in PRESETS.values():
         if wanted.lower() in (preset.key.lower(), preset.model_id.lower()):
             return preset
-    base = PRESETS[DEFAULT_PRESET_KEY]
-    local = Path(wanted).expanduser()
-    name = local.name or wanted
+    path_parts = {part.lower() for part in Path(wanted).parts} | {
+        part.lower().split("--")[-1] for part in Path(wanted).parts
+    }
+    known = [preset for preset in PRESETS.values() if preset.model_id.split("/")[-1].lower() in path_parts]
+    base = known[0] if known else PRESETS[DEFAULT_PRESET_KEY]
+    name = base.display_name if known else Path(wanted).expanduser().name or wanted
     return dataclasses.replace(base, key=wanted, model_id=wanted, display_name=name)

@@ -39,3 +39,16 @@ def test_fitting_to_a_small_context_shrinks_the_reply_default():
     assert preset.context_length == 256
     assert preset.sampling.max_new_tokens == 64
     assert PRESETS["instruct-beta-7b"].fitted_to_context(8192).sampling.max_new_tokens == 512
+
+
+def test_a_local_copy_named_after_a_known_model_gets_its_preset(tmp_path):
+    gamma = resolve_preset(str(tmp_path / "japanese-stablelm-instruct-gamma-7b"))
+    assert (gamma.prompt_format, gamma.context_length) == (ALPACA_JA_FORMAT, 32768)
+    assert gamma.model_id == str(tmp_path / "japanese-stablelm-instruct-gamma-7b")
+    cached = resolve_preset(
+        "/root/.cache/huggingface/hub/models--stabilityai--japanese-stablelm-instruct-gamma-7b/snapshots/abc123"
+    )
+    assert cached.prompt_format == ALPACA_JA_FORMAT
+    assert cached.display_name == "Japanese StableLM Instruct Gamma 7B"
+    assert resolve_preset(str(tmp_path / "japanese-stablelm-instruct-beta-70b")).prompt_format == LLAMA2_FORMAT
+    assert resolve_preset(str(tmp_path / "gamma-notes")).prompt_format == LLAMA2_FORMAT
