@@ -1,0 +1,42 @@
+"""README.md is also the Hugging Face Space card and the newcomer's guide."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import gradio
+import yaml
+
+from jslm_chat.presets import PRESETS
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def front_matter() -> dict:
+    match = re.match(r"^---\n(.*?)\n---\n", README, re.DOTALL)
+    assert match, "README.md must start with YAML front matter"
+    return yaml.safe_load(match.group(1))
+
+
+def test_space_card_front_matter():
+    card = front_matter()
+    assert card["sdk"] == "gradio"
+    assert card["app_file"] == "app.py"
+    assert (ROOT / card["app_file"]).exists()
+    assert card["sdk_version"].split(".")[0] == gradio.__version__.split(".")[0]
+    assert PRESETS["instruct-beta-7b"].model_id in card["models"]
+    assert card["suggested_hardware"] in {"a10g-small", "a10g-large", "a100-large", "l4x1", "l40sx1"}
+    assert len(card["short_description"]) <= 60
+    assert card["license"]
+
+
+def test_readme_starts_with_the_two_commands_and_ci_runs_its_test_command():
+    body = README.split("\n---\n", 1)[1]
+    first_block = re.search(r"```bash\n(.*?)```", body, re.DOTALL).group(1)
+    assert "python app.py" in first_block
+    assert "python -m pytest -q" in first_block
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert "pip install --quiet torch==2.13.0" in ci
+    assert re.search(r"^python3 -m pytest -q$", ci, re.MULTILINE)
