@@ -20,6 +20,7 @@ from .ui_text import STOPPED, TRANSLATIONS, dropped_notice, status_line, waiting
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 TOP_K_SLIDER_MAX = 200  # the API accepts up to TOP_K_RANGE; the slider keeps to useful values
 THREADS_BESIDES_GENERATION = 16  # Gradio worker threads for quick events and the API's /prompt
+GRADIO_DEFAULT_THREADS = 40
 
 Message = dict[str, Any]
 i18n = gr.I18n(**TRANSLATIONS)
@@ -301,6 +302,8 @@ def launch_options(service: ChatService) -> dict[str, Any]:
         "js": (ASSETS / "app.js").read_text(encoding="utf-8"),
         "i18n": i18n,
         "favicon_path": str(ASSETS / "favicon.svg"),
-        # Every running or waiting reply holds a worker thread.
-        "max_threads": admission.slots + admission.max_waiting + THREADS_BESIDES_GENERATION,
+        # Every running or waiting reply holds a worker thread; never fewer than Gradio's default.
+        "max_threads": max(
+            GRADIO_DEFAULT_THREADS, admission.slots + admission.max_waiting + THREADS_BESIDES_GENERATION
+        ),
     }
