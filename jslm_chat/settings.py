@@ -121,24 +121,19 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         default=_env_flag(env, "JSLM_SHARE"),
         help="also open a public *.gradio.live link (needs internet; ignored on Spaces) [JSLM_SHARE]",
     )
-    parser.add_argument(
-        "--concurrency",
-        type=_positive_int,
-        default=_env(env, "JSLM_CONCURRENCY", default=str(defaults.concurrency)),
-        help="replies generated at the same time (1 per GPU is safest) [JSLM_CONCURRENCY]",
-    )
-    parser.add_argument(
-        "--queue-size",
-        type=_positive_int,
-        default=_env(env, "JSLM_QUEUE_SIZE", default=str(defaults.queue_size)),
-        help="requests that may wait; more get a 'busy' message [JSLM_QUEUE_SIZE]",
-    )
-    parser.add_argument(
-        "--max-new-tokens-limit",
-        type=_positive_int,
-        default=_env(env, "JSLM_MAX_NEW_TOKENS_LIMIT", default=str(defaults.max_new_tokens_limit)),
-        help="upper bound of the max_new_tokens slider and API value [JSLM_MAX_NEW_TOKENS_LIMIT]",
-    )
+    for flag, name, default, meaning in (
+        ("--concurrency", "JSLM_CONCURRENCY", defaults.concurrency, "replies generated at the same time"),
+        ("--queue-size", "JSLM_QUEUE_SIZE", defaults.queue_size, "requests that may wait; more get a 'busy' message"),
+        (
+            "--max-new-tokens-limit",
+            "JSLM_MAX_NEW_TOKENS_LIMIT",
+            defaults.max_new_tokens_limit,
+            "upper bound of the max_new_tokens slider and API value",
+        ),
+    ):
+        parser.add_argument(
+            flag, type=_positive_int, default=_env(env, name, default=str(default)), help=f"{meaning} [{name}]"
+        )
     return parser
 
 
