@@ -3,8 +3,8 @@
 Only this module, ``loading`` and the demo model builder touch torch. The UI talks to :class:`Engine`
 through :meth:`Engine.stream`, which returns a :class:`Reply`: iterate it for the growing text;
 closing it (leaving a ``with`` block, or closing the generator that iterates it, as Gradio does
-on Stop and on disconnect) sets a per-request event that a ``StoppingCriteria`` checks after every
-decoding step, then joins the generation thread.
+when a client cancels or disconnects) sets a per-request event that a ``StoppingCriteria`` checks
+after every decoding step, then joins the generation thread.
 """
 
 from __future__ import annotations
@@ -55,6 +55,11 @@ class Placement:
     dtype: torch.dtype
     device_label: str
 
+    @property
+    def dtype_name(self) -> str:
+        """The dtype as a short name (``float16``)."""
+        return str(self.dtype).removeprefix("torch.")
+
 
 class Engine:
     """A loaded model and tokenizer that stream replies to conversations."""
@@ -74,7 +79,7 @@ class Engine:
     @property
     def dtype_label(self) -> str:
         """The weights' dtype, as a short name (``float16``)."""
-        return str(self.placement.dtype).removeprefix("torch.")
+        return self.placement.dtype_name
 
     def prompt_budget(self, max_new_tokens: int) -> int:
         """How many prompt tokens fit next to a reply of ``max_new_tokens``."""

@@ -95,7 +95,7 @@ def load_engine(model: str, *, device: str = "auto", dtype: str = "auto", displa
         raise ModelLoadError(describe_load_failure(source, error)) from error
     parameters = estimate_parameters(config)
     placement = choose_placement(device, dtype, parameters)
-    dtype_name = str(placement.dtype).removeprefix("torch.")
+    dtype_name = placement.dtype_name
     if placement.device_label == "cpu" and (parameters is None or parameters >= SMALL_MODEL_PARAMETERS):
         logger.warning(
             "GPU なしで CPU (%s) で実行します。7B モデルの生成はとても遅くなります（1 秒に数トークン）。"

@@ -12,9 +12,8 @@ from conftest import generation_threads, wait_until
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from jslm_chat.server import create_app
+from jslm_chat.server import create_app, launch
 from jslm_chat.settings import Settings
-from jslm_chat.ui import launch_options
 
 SYSTEM = "あなたは役立つアシスタントです。"
 TWO_TURNS = [
@@ -32,14 +31,10 @@ def free_port() -> int:
 
 
 def launch_app(engine: object, **settings: object) -> tuple[object, str, object]:
-    app, service = create_app(Settings(demo=True, **settings), engine=engine)
-    _, url, _ = app.launch(
-        server_name="127.0.0.1",
-        server_port=free_port(),
-        prevent_thread_lock=True,
-        quiet=True,
-        **launch_options(service),
-    )
+    """The app as ``app.py`` serves it, on a free local port, without blocking."""
+    chosen = Settings(demo=True, host="127.0.0.1", port=free_port(), **settings)
+    app, service = create_app(chosen, engine=engine)
+    _, url, _ = launch(app, service, chosen, block=False)
     return app, url, service
 
 
