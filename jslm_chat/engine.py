@@ -135,9 +135,8 @@ class Reply:
         self._engine = engine
         self._stop = threading.Event()
         self._progress = _StopAndCount(self._stop)
-        self._streamer = JapaneseTextStreamer(
-            engine.tokenizer, skip_prompt=True, timeout=QUEUE_POLL_SECONDS, skip_special_tokens=True
-        )
+        # ``_chunks`` reads the streamer's queue itself, with its own timeout.
+        self._streamer = JapaneseTextStreamer(engine.tokenizer, skip_prompt=True, skip_special_tokens=True)
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._started_at = 0.0
