@@ -9,6 +9,7 @@ from jslm_chat.prompt import (
     AlpacaJaFormat,
     Llama2Format,
     PromptBuilder,
+    PromptInputError,
     PromptTooLongError,
     Turn,
     get_format,
@@ -139,3 +140,175 @@ def test_alpaca_ja_multi_turn_keeps_earlier_pairs(llama_tokenizer):
 def test_unknown_format_is_rejected():
     with pytest.raises(ValueError, match="unknown prompt format"):
         get_format("chatml")
+
+
+def reference_build(builder, system, turns, message, budget, continuation=""):
+    """What trying every number of dropped turns, oldest first, gives (the builder before it searched)."""
+    for dropped in range(len(turns) + 1):
+        prompt = builder.render(system, turns[dropped:], message, continuation)
+        if prompt.num_tokens <= budget:
+            return prompt.text, prompt.token_ids, dropped, len(turns) - dropped
+    return prompt.num_tokens
+
+
+PIECES = [
+    "こんにちは",
+    "東京",
+    "です。",
+    "  ",
+    "\n",
+    "\n\n",
+    "Hello",
+    " world",
+    "123",
+    "！",
+    "情けは",
+    "</s>",
+    "[INST]",
+    "",
+]
+
+
+def random_text(rng, longest):
+    return "".join(rng.choice(PIECES) for _ in range(rng.randint(0, longest)))
+
+
+@pytest.mark.parametrize("format_name", ["llama2", "alpaca_ja"])
+def test_build_equals_trying_every_number_of_dropped_turns(llama_tokenizer, format_name):
+    import random
+
+    rng = random.Random(8)
+    builder = PromptBuilder(llama_tokenizer, get_format(format_name))
+    for _ in range(150):
+        system = rng.choice(["", "  ", SYSTEM, random_text(rng, 6)])
+        turns = [Turn(random_text(rng, 5), random_text(rng, 8)) for _ in range(rng.randint(0, 9))]
+        message = random_text(rng, 5) or "質問"
+        continuation = rng.choice(["", "", random_text(rng, 4)])
+        lengths = [builder.render(system, turns[d:], message, continuation).num_tokens for d in range(len(turns) + 1)]
+        for budget in {rng.choice(lengths) + rng.choice([-1, 0, 1]), min(lengths) - 1, max(lengths) + 5}:
+            expected = reference_build(builder, system, turns, message, budget, continuation)
+            try:
+                prompt = builder.build(system, turns, message, budget=budget, continuation=continuation)
+            except PromptTooLongError as error:
+                assert error.num_tokens == expected
+                continue
+            assert (prompt.text, prompt.token_ids, prompt.dropped_turns, prompt.kept_turns) == expected
+
+
+class CountingTokenizer:
+    """The real tokenizer, counting the characters it is given to encode."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+        self.bos_token_id, self.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+        self.bos_token, self.eos_token = tokenizer.bos_token, tokenizer.eos_token
+        self.characters = 0
+
+    def __call__(self, text, **kwargs):
+        self.characters += len(text)
+        return self._tokenizer(text, **kwargs)
+
+
+@pytest.mark.parametrize("format_name", ["llama2", "alpaca_ja"])
+def test_work_does_not_grow_with_the_turns_that_are_dropped(llama_tokenizer, format_name):
+    work = []
+    for count in (300, 3000):
+        tokenizer = CountingTokenizer(llama_tokenizer)
+        turns = [Turn(f"質問{i % 10}です。", f"回答{i % 10}です。") for i in range(count)]
+        prompt = PromptBuilder(tokenizer, get_format(format_name)).build(SYSTEM, turns, "最後", budget=400)
+        assert 0 < prompt.kept_turns < 100
+        work.append((tokenizer.characters, prompt.kept_turns))
+    # The same turns fit, and encoding them took exactly as much work: none went to the dropped ones.
+    assert work[0] == work[1]
+
+
+def test_llama2_continuation_ends_with_the_partial_reply(llama_tokenizer):
+    builder = PromptBuilder(llama_tokenizer, Llama2Format())
+    turns = [Turn("こんにちは", "どうも。")]
+    prompt = builder.build(SYSTEM, turns, "東京は？", budget=1000, continuation="  東京は日本の")
+    assert prompt.text.endswith("</s><s>[INST] 東京は？ [/INST] 東京は日本の")
+    assert prompt.text == builder.render(SYSTEM, turns, "東京は？").text + "東京は日本の"
+    first = encode(llama_tokenizer, f"[INST] <<SYS>>\n{SYSTEM}\n<</SYS>>\n\nこんにちは [/INST] どうも。 ")
+    # The partial reply is encoded in one piece with the open turn; no EOS after it, no new [INST].
+    last = encode(llama_tokenizer, "[INST] 東京は？ [/INST] 東京は日本の")
+    assert prompt.token_ids == [1, *first, 2, 1, *last]
+    assert prompt.token_ids[-1] != llama_tokenizer.eos_token_id
+
+
+def test_llama2_continuation_without_history_carries_the_system_prompt(llama_tokenizer):
+    prompt = PromptBuilder(llama_tokenizer, Llama2Format()).render(SYSTEM, [], "質問", continuation="答えは\n")
+    assert prompt.text == f"<s>[INST] <<SYS>>\n{SYSTEM}\n<</SYS>>\n\n質問 [/INST] 答えは\n"
+
+
+def test_alpaca_ja_continuation_ends_the_open_reply_section(llama_tokenizer):
+    builder = PromptBuilder(llama_tokenizer, get_format("alpaca_ja"))
+    prompt = builder.build("前文", [Turn("質問1", "回答1")], "質問2", budget=1000, continuation=" 東京は")
+    assert prompt.text == "前文\n\n### 指示: \n質問1\n\n### 応答: \n回答1\n\n### 指示: \n質問2\n\n### 応答: \n東京は"
+    assert prompt.token_ids == encode(llama_tokenizer, prompt.text)
+
+
+def test_continuation_that_does_not_fit_is_named(llama_tokenizer):
+    builder = PromptBuilder(llama_tokenizer, Llama2Format())
+    shortest = builder.render(SYSTEM, [], "質問").num_tokens
+    with pytest.raises(PromptTooLongError) as caught:
+        builder.build(SYSTEM, [], "質問", budget=shortest + 5, continuation="長い応答です。" * 30)
+    assert caught.value.part == "continuation"
+    assert "続きを生成するには応答が長すぎます" in str(caught.value)
+    assert "The reply is too long to continue" in str(caught.value)
+
+
+def test_system_prompt_that_alone_does_not_fit_is_named(llama_tokenizer):
+    builder = PromptBuilder(llama_tokenizer, Llama2Format())
+    system = "とても長いシステムプロンプトです。" * 40
+    budget = len(encode(llama_tokenizer, system)) - 1
+    with pytest.raises(PromptTooLongError) as caught:
+        builder.build(system, [Turn("a", "b")], "短い質問", budget=budget)
+    error = caught.value
+    assert (error.part, error.budget) == ("system", budget)
+    assert error.num_tokens == builder.render(system, [], "短い質問").num_tokens
+    assert str(error).startswith("システムプロンプトが長すぎます")
+    assert "The system prompt is too long" in str(error)
+    assert "message is too long" not in str(error)
+
+
+def test_message_is_named_when_the_system_prompt_alone_fits(llama_tokenizer):
+    builder = PromptBuilder(llama_tokenizer, Llama2Format())
+    message = "とても長いメッセージです。" * 40
+    with pytest.raises(PromptTooLongError) as caught:
+        builder.build(SYSTEM, [], message, budget=len(encode(llama_tokenizer, message)))
+    assert caught.value.part == "message"
+    assert "The message is too long" in str(caught.value)
+
+
+@pytest.mark.parametrize("format_name", ["llama2", "alpaca_ja"])
+@pytest.mark.parametrize(
+    ("field", "name"),
+    [("system", "システムプロンプト"), ("history", "会話履歴"), ("message", "メッセージ"), ("continuation", "続き")],
+)
+def test_unpaired_surrogates_are_a_clear_user_error(llama_tokenizer, format_name, field, name):
+    builder = PromptBuilder(llama_tokenizer, get_format(format_name))
+    bad = "前\ud800後"
+    texts = {"system": SYSTEM, "history": "質問", "message": "質問", "continuation": "答え"}
+    texts[field] = bad
+    turns = [Turn("最初", "返事"), Turn(texts["history"], "返事")]
+    for call in (
+        lambda: builder.build(
+            texts["system"], turns, texts["message"], budget=1000, continuation=texts["continuation"]
+        ),
+        lambda: builder.render(texts["system"], turns, texts["message"], texts["continuation"]),
+    ):
+        with pytest.raises(PromptInputError) as caught:
+            call()
+        assert caught.value.field == field
+        assert isinstance(caught.value, ValueError)
+        assert str(caught.value).startswith(f"{name}")
+        assert "対になっていないサロゲート" in str(caught.value)
+        assert "cannot be encoded (unpaired surrogates)" in str(caught.value)
+
+
+def test_a_surrogate_in_a_reply_and_paired_characters_are_told_apart(llama_tokenizer):
+    builder = PromptBuilder(llama_tokenizer, Llama2Format())
+    with pytest.raises(PromptInputError, match="会話履歴"):
+        builder.build("", [Turn("質問", "返事\udfff")], "次", budget=1000)
+    # A real astral-plane character (an emoji) is a valid code point, not a surrogate pair in str.
+    assert "😀" in builder.build("", [Turn("質問😀", "返事")], "次😀", budget=1000).text
