@@ -12,8 +12,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, LlamaTokenizer
 
 from jslm_chat import demo_model as dm
+from jslm_chat.demo_model import cache, recipe, training
+from jslm_chat.demo_model.__main__ import main
+from jslm_chat.presets import DEFAULT_SYSTEM_PROMPT
+from jslm_chat.prompt import Llama2Format, PromptBuilder
 
-SYSTEM_BLOCK = f"<<SYS>>\n{dm.SYSTEM_PROMPT}\n<</SYS>>\n\n"
+SYSTEM_BLOCK = f"<<SYS>>\n{DEFAULT_SYSTEM_PROMPT}\n<</SYS>>\n\n"
 WEIGHT_AND_TOKENIZER_FILES = (
     "model.safetensors",
     "config.json",
@@ -107,7 +111,7 @@ def test_tokenizer_round_trips_japanese_and_falls_back_to_bytes(tokenizer: Llama
     pieces = tokenizer.convert_ids_to_tokens(enc(tokenizer, "鬱"))
     assert pieces[-3:] == ["<0xE9>", "<0xAC>", "<0xB1>"]  # UTF-8 bytes of 鬱
     assert tokenizer.unk_token_id not in enc(tokenizer, "鬱蒼とした森で🦊を見た")
-    # Control tokens typed as text stay text (DESIGN.md §3).
+    # Control tokens typed as text stay text.
     assert not {0, 1, 2} & set(enc(tokenizer, "文中の</s>と<s>と<unk>"))
 
 
@@ -119,6 +123,8 @@ def test_open_prompt_is_a_prefix_of_the_finished_turn(tokenizer: LlamaTokenizer)
     samples = dm.training_samples(dm.load_corpus(), tokenizer)
     ids, reply = samples[0]
     assert ids[0] == 1 and ids[-1] == 2 and reply[-1] and not reply[0]
+    app_prompt = PromptBuilder(tokenizer, Llama2Format()).render(DEFAULT_SYSTEM_PROMPT, [], question).token_ids
+    assert ids[: len(app_prompt)] == app_prompt and reply.index(True) == len(app_prompt)  # trained as the app asks
     assert any(ids.count(1) == 2 for ids, _ in samples)  # some two-turn conversations
 
 
@@ -128,10 +134,10 @@ def test_demo_model_dir_reuses_the_cache(built: Path, cache_root: Path, monkeypa
     def must_not_build(*args: object, **kwargs: object) -> None:
         raise AssertionError("rebuilt a cached model")
 
-    monkeypatch.setattr(dm, "build_demo_model", must_not_build)
+    monkeypatch.setattr(cache, "build_demo_model", must_not_build)
     assert dm.demo_model_dir(cache_root) == built
     assert (built / "model.safetensors").stat().st_mtime_ns == stamp
-    assert built.name == f"demo-model-{dm._build_key()}"
+    assert built.name == f"demo-model-{recipe.build_key()}"
     leftovers = [p.name for p in cache_root.iterdir() if p.name.startswith(f".{built.name}.")]
     assert [name for name in leftovers if not name.endswith(".lock")] == []
 
@@ -142,11 +148,11 @@ def test_demo_model_dir_builds_once_under_a_lock(tmp_path: Path, monkeypatch: py
     def fake_build(out_dir: Path, **kwargs: object) -> None:
         calls.append(out_dir)
         time.sleep(0.3)
-        for name in dm._MODEL_FILES:
+        for name in cache.MODEL_FILES:
             (out_dir / name).write_text("{}", encoding="utf-8")
 
-    monkeypatch.setattr(dm, "build_demo_model", fake_build)
-    stale = tmp_path / f".demo-model-{dm._build_key()}.killed.partial"  # from a killed build
+    monkeypatch.setattr(cache, "build_demo_model", fake_build)
+    stale = tmp_path / f".demo-model-{recipe.build_key()}.killed.partial"  # from a killed build
     stale.mkdir()
     results: list[Path] = []
     threads = [threading.Thread(target=lambda: results.append(dm.demo_model_dir(tmp_path))) for _ in range(3)]
@@ -166,18 +172,17 @@ def test_env_var_sets_the_cache_and_corpus_edits_change_the_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def fake_build(out_dir: Path, **kwargs: object) -> None:
-        for name in dm._MODEL_FILES:
+        for name in cache.MODEL_FILES:
             (out_dir / name).touch()
 
-    monkeypatch.setattr(dm, "build_demo_model", fake_build)
+    monkeypatch.setattr(cache, "build_demo_model", fake_build)
     monkeypatch.setenv("JSLM_CACHE_DIR", str(tmp_path / "env-cache"))
     assert dm.demo_model_dir().parent == tmp_path / "env-cache"
-    key = dm._build_key()
+    key = recipe.build_key()
     edited = tmp_path / "corpus.txt"
     edited.write_bytes(dm.CORPUS_PATH.read_bytes() + "\nQ: 追加の質問\nA: 追加の答え。\n".encode())
-    monkeypatch.setattr(dm, "CORPUS_PATH", edited)
-    assert dm._build_key() != key
-    assert dm._build_key(train_steps=5) != dm._build_key()
+    assert recipe.build_key(corpus_path=edited) != key
+    assert recipe.build_key(train_steps=5) != recipe.build_key()
 
 
 def test_build_is_deterministic_and_leaves_the_caller_alone(
@@ -188,7 +193,7 @@ def test_build_is_deterministic_and_leaves_the_caller_alone(
         dm.build_demo_model(tmp_path / "a", train_steps=3)
     assert any("Built the demo model in" in r.getMessage() for r in caplog.records)
     assert torch.equal(torch.random.get_rng_state(), rng) and torch.get_num_threads() == threads
-    assert dm.main(["--out", str(tmp_path / "b"), "--steps", "3"]) == 0  # the CLI
+    assert main(["--out", str(tmp_path / "b"), "--steps", "3"]) == 0  # the CLI
     assert capsys.readouterr().out.strip() == str((tmp_path / "b").resolve())
     for name in WEIGHT_AND_TOKENIZER_FILES:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
@@ -213,11 +218,11 @@ def test_greedy_and_sampled_replies_are_japanese(tokenizer: LlamaTokenizer, mode
 def test_training_brought_the_loss_far_below_an_untrained_model(
     tokenizer: LlamaTokenizer, model: LlamaForCausalLM
 ) -> None:
-    batches = dm._batches(dm.training_samples(dm.load_corpus(), tokenizer), 64)
+    batches = training.batches(dm.training_samples(dm.load_corpus(), tokenizer), 64)
 
     def corpus_loss(m: LlamaForCausalLM) -> float:
         with torch.no_grad():
-            return sum(dm._reply_loss(m, *b).item() for b in batches) / len(batches)
+            return sum(training.reply_loss(m, *b).item() for b in batches) / len(batches)
 
     torch.manual_seed(0)
     untrained = LlamaForCausalLM(model.config).eval()
