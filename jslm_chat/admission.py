@@ -31,9 +31,10 @@ class Ticket:
     def __init__(self, admission: Admission) -> None:
         self._admission = admission
         self.admitted = False
+        self.left = False
 
     def wait(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for a slot; whether one is held now."""
+        """Wait up to ``timeout`` seconds for a slot or for leaving; whether either happened."""
         return self._admission._wait(self, timeout)
 
     @property
@@ -91,19 +92,20 @@ class Admission:
             return len(self._line)
 
     def _admit(self, ticket: Ticket) -> None:
-        ticket.admitted = True
+        ticket.admitted = not ticket.left
         self._running.add(ticket)
 
     def _wait(self, ticket: Ticket, timeout: float) -> bool:
         with self._condition:
-            return self._condition.wait_for(lambda: ticket.admitted, timeout)
+            return self._condition.wait_for(lambda: ticket.admitted or ticket.left, timeout)
 
     def _ahead(self, ticket: Ticket) -> int:
         with self._condition:
-            return 0 if ticket.admitted else self._line.index(ticket)
+            return self._line.index(ticket) if ticket in self._line else 0
 
     def _leave(self, ticket: Ticket) -> None:
         with self._condition:
+            ticket.left = True
             if ticket in self._running:
                 self._running.discard(ticket)
             elif ticket in self._line:

@@ -92,19 +92,19 @@ class ReplyStream(ABC):
             raise RuntimeError("a reply can be iterated only once")
         self._started_at = time.perf_counter()
         try:
-            if self.stopped:
-                self.finish_reason = "stopped"
-                return
-            for piece in self._generate():
-                self.text += piece
-                yield self.text
+            if not self.stopped:
+                for piece in self._generate():
+                    self.text += piece
+                    yield self.text
+            if self.finish_reason is None:
+                self.finish_reason = self._finish_reason_after_decoding()
         except GenerationError:
             self.finish_reason = "error"
             raise
         finally:
+            if self.finish_reason is None:  # the consumer left early
+                self.finish_reason = "stopped"
             self.close()
-        if self.finish_reason is None:
-            self.finish_reason = "stopped" if self.stopped else "eos"
 
     def stop(self) -> None:
         """Ask the reply to stop: thread-safe, never blocks, effective within one decoding step."""

@@ -1,209 +1,216 @@
-"""The chat session layer: chat history in messages format ↔ conversation turns, and requests.
+"""The chat session layer: raw requests → checked conversations → one reply job with typed events.
 
 History arrives as Gradio's messages format: a list of ``{"role": ..., "content": ...}`` dicts
 whose content is a string (from the API) or a list of ``{"type": "text", "text": ...}`` blocks
 (from the browser). Messages carrying ``metadata`` are UI notices and never reach the model.
+Everything a request carries is checked here, where it arrives (:meth:`ChatService.request`):
+bounded sizes, readable text, valid settings. The UI and the API then both call
+:meth:`ChatService.start` and consume the job's events (:func:`stream_events`).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .admission import Admission, BusyError
-from .engine import Conversation, Engine, GenerationError, Reply
-from .params import GenerationParams, InvalidParameterError
-from .prompt import PromptTooLongError, RenderedPrompt, Turn
+import anyio
 
-Message = dict[str, Any]
-ROLES = ("user", "assistant", "system")
+from .admission import Admission, BusyError, Ticket
+from .backend import Backend, Conversation, GenerationError, ReplyStream
+from .history import ChatInputError, checked_text, split_history
+from .params import SYSTEM_PROMPT, GenerationParams, InvalidParameterError
+from .prompt import PromptInputError, PromptTooLongError, RenderedPrompt
 
-
-class ChatInputError(ValueError):
-    """The message or history cannot be used (empty message, malformed history)."""
-
+logger = logging.getLogger(__name__)
 
 WAIT_POLL_SECONDS = 0.5
+MAX_MESSAGE_CHARS = 20_000
 
 EMPTY_MESSAGE = "メッセージが空です。何か入力してください。 / The message is empty: type something first."
 
-
-def content_text(content: object) -> str:
-    """The plain text of a message's content: a string, a text block, or a list of blocks."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, Mapping):
-        text = content.get("text", "")
-        return text if isinstance(text, str) else ""
-    if isinstance(content, Sequence):
-        return "".join(content_text(block) for block in content)
-    raise ChatInputError(f"メッセージの内容が読めません / Unreadable message content: {content!r}")
-
-
-def is_notice(message: Mapping[str, Any]) -> bool:
-    """Whether a message is a UI notice (it has metadata) rather than part of the conversation."""
-    return bool(message.get("metadata"))
-
-
-def history_to_turns(history: Sequence[Mapping[str, Any]] | None) -> list[Turn]:
-    """Finished turns from a messages-format history.
-
-    Consecutive assistant messages are joined; a user message with no reply yet (a reply that
-    was stopped before its first token) is kept with an empty reply; system messages and
-    notices are skipped.
-    """
-    if history is None:
-        return []
-    if not isinstance(history, Sequence) or isinstance(history, str):
-        raise ChatInputError(
-            "history は {role, content} の辞書のリストにしてください / history must be a list of dicts"
-        )
-    turns: list[Turn] = []
-    user: str | None = None
-    reply = ""
-    for message in history:
-        role = _role(message)
-        if role == "system" or is_notice(message):
-            continue
-        text = content_text(message.get("content"))
-        if role == "user":
-            if user is not None:
-                turns.append(Turn(user, reply))
-            user, reply = text, ""
-        elif user is not None:
-            reply += text
-    if user is not None:
-        turns.append(Turn(user, reply))
-    return turns
-
-
-def _role(message: object) -> str:
-    if not isinstance(message, Mapping) or message.get("role") not in ROLES:
-        raise ChatInputError(
-            "history の各要素は role が user / assistant の辞書にしてください"
-            f" / each history item must be a dict with role user or assistant: {message!r}"
-        )
-    return str(message["role"])
+USER_ERRORS = (
+    ChatInputError,
+    InvalidParameterError,
+    PromptInputError,
+    PromptTooLongError,
+    GenerationError,
+    BusyError,
+)
+"""Errors caused by what the user sent or by load: shown to them, one log line, never a crash."""
 
 
 @dataclass(frozen=True)
 class ChatRequest:
-    """One new message with its history, system prompt and sampling parameters."""
+    """One checked request: the conversation to answer and how to sample the reply."""
 
-    message: str
-    history: Sequence[Mapping[str, Any]]
-    system_prompt: str
+    conversation: Conversation
     params: GenerationParams
-
-    @classmethod
-    def from_values(
-        cls,
-        message: str | None,
-        history: Sequence[Mapping[str, Any]] | None,
-        system_prompt: str | None,
-        max_new_tokens: int,
-        temperature: float,
-        top_p: float,
-        top_k: int,
-        repetition_penalty: float,
-        seed: int | str | None,
-    ) -> ChatRequest:
-        """A request from raw UI or API values (``None`` text means empty; an empty seed is random)."""
-        params = GenerationParams(max_new_tokens, temperature, top_p, top_k, repetition_penalty, _seed(seed))
-        return cls(message or "", history or [], system_prompt or "", params)  # type: ignore[arg-type]
-
-    def conversation(self) -> Conversation:
-        """The conversation to prompt with; raises :class:`ChatInputError` for an empty message."""
-        if not self.message.strip():
-            raise ChatInputError(EMPTY_MESSAGE)
-        return Conversation(self.system_prompt, history_to_turns(self.history), self.message)
-
-
-def _seed(value: int | str | None) -> int | str | None:
-    """``None`` for an empty seed; a typed number as an int; anything else as-is (validation refuses it)."""
-    if not isinstance(value, str):
-        return value
-    text = value.strip()
-    if not text:
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        return value
 
 
 @dataclass(frozen=True)
 class InLine:
-    """The request is waiting for a generation slot, with ``ahead`` requests before it."""
+    """The request waits for a generation slot, with ``ahead`` requests before it."""
 
     ahead: int
 
 
-USER_ERRORS = (ChatInputError, InvalidParameterError, PromptTooLongError, GenerationError, BusyError)
-"""Errors caused by what the user sent or by load: shown to them, never a crash."""
+@dataclass(frozen=True)
+class Streaming:
+    """The reply so far (a continued reply includes the part it continues)."""
+
+    text: str
+    reply: ReplyStream
+
+
+@dataclass(frozen=True)
+class Done:
+    """The reply ended: finished, stopped (also while still in line) or cut at max_new_tokens."""
+
+    text: str
+    reply: ReplyStream
+    finish_reason: str
+
+
+ChatEvent = InLine | Streaming | Done
+
+
+class ReplyJob:
+    """One request's way through the service: in line, then streaming; stoppable at any moment."""
+
+    def __init__(self, reply: ReplyStream, admission: Admission, prefix: str = "") -> None:
+        self.reply = reply
+        self.prefix = prefix
+        self._admission = admission
+        self._ticket: Ticket | None = None
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
+
+    def events(self) -> Iterator[ChatEvent]:
+        """Wait in line (an :class:`InLine` about twice a second), stream, then one :class:`Done`.
+
+        Raises :class:`BusyError` at once when the line is full.
+        """
+        with self._admission.join() as ticket:
+            with self._lock:
+                self._ticket = ticket
+            if self._stopped.is_set():
+                ticket.leave()
+            while not ticket.wait(WAIT_POLL_SECONDS):
+                yield InLine(ticket.ahead)
+            if ticket.admitted and not self._stopped.is_set():
+                with self.reply:
+                    for text in self.reply:
+                        yield Streaming(self.prefix + text, self.reply)
+        yield Done(self.prefix + self.reply.text, self.reply, self.reply.finish_reason or "stopped")
+
+    def stop(self) -> None:
+        """Stop the reply or leave the line: thread-safe, never blocks."""
+        self._stopped.set()
+        self.reply.stop()
+        with self._lock:
+            ticket = self._ticket
+        if ticket is not None:
+            ticket.leave()
 
 
 class ChatService:
-    """Validates requests against one engine's limits, admits them to a slot, and runs them."""
+    """Checks requests against one backend's limits, admits them to a slot, and runs them."""
 
-    def __init__(self, engine: Engine, max_new_tokens_limit: int, admission: Admission | None = None) -> None:
-        self.engine = engine
-        self.max_new_tokens_limit = min(max_new_tokens_limit, engine.context_length - 1)
-        self.admission = admission or Admission(slots=1, max_waiting=16)
-        self._stop_events: dict[str, threading.Event] = {}
+    def __init__(self, backend: Backend, max_new_tokens_limit: int, admission: Admission | None = None) -> None:
+        self.backend = backend
+        self.max_new_tokens_limit = min(max_new_tokens_limit, backend.context_length - 1)
+        self.admission = admission or Admission(slots=backend.default_concurrency, max_waiting=16)
+        self._jobs: dict[str, ReplyJob] = {}
+        self._jobs_lock = threading.Lock()
 
-    def checked(self, request: ChatRequest) -> tuple[Conversation, GenerationParams]:
-        """The request's conversation and validated parameters (raises on bad input)."""
-        params = request.params.validated(self.max_new_tokens_limit)
-        return request.conversation(), params
+    def request(
+        self,
+        message: object,
+        history: object,
+        settings: Mapping[str, object],
+        *,
+        continue_reply: bool = False,
+    ) -> ChatRequest:
+        """A checked request from raw UI or API values; raises a user error (bilingual) if unusable.
+
+        With ``continue_reply``, the history's last message is a reply that was cut off: the new
+        reply continues it (``message`` must then be empty).
+        """
+        text = checked_text("message", message, MAX_MESSAGE_CHARS)
+        turns, user, partial = split_history(history, continue_reply=continue_reply)
+        if continue_reply:
+            if text.strip():
+                raise ChatInputError(
+                    "続きを生成するときはメッセージを空にしてください。"
+                    " / Leave the message empty when continuing a reply."
+                )
+            text = user
+        elif not text.strip():
+            raise ChatInputError(EMPTY_MESSAGE)
+        system = SYSTEM_PROMPT.check(settings.get("system_prompt", ""))
+        params = GenerationParams.from_values(settings, self.max_new_tokens_limit)
+        return ChatRequest(Conversation(system, turns, text, partial), params)
 
     def prompt(self, request: ChatRequest) -> RenderedPrompt:
         """The exact prompt the model would see for ``request``."""
-        conversation, params = self.checked(request)
-        return self.engine.prepare(conversation, params.max_new_tokens)
+        return self.backend.prepare(request.conversation, request.params.max_new_tokens)
 
-    def reply(self, request: ChatRequest) -> Reply:
-        """A reply to ``request``, ready to iterate (generation starts on first iteration)."""
-        conversation, params = self.checked(request)
-        return self.engine.stream(conversation, params)
+    def start(self, request: ChatRequest, session: str | None = None) -> ReplyJob:
+        """A job for ``request`` (prompt prepared now, generation once a slot is free).
 
-    def run(
-        self, reply: Reply, stream: Callable[[Reply], Iterator[str]] = iter, *, session: str | None = None
-    ) -> Iterator[InLine | str]:
-        """Wait in line for a slot (yielding :class:`InLine` about twice a second), then stream.
-
-        Yields the growing reply text from ``stream(reply)``. Raises :class:`BusyError` at once
-        when the line is full. Closing this generator, or :meth:`stop` for its ``session``, stops
-        the reply (within one token) and frees the slot; after a stop the generator simply ends.
+        A new job for the same ``session`` stops the one it had.
         """
-        stop = threading.Event()
+        reply = self.backend.stream(request.conversation, request.params)
+        job = ReplyJob(reply, self.admission, prefix=request.conversation.continuation)
         if session is not None:
-            self._stop_events[session] = stop
-        try:
-            with self.admission.join() as ticket, reply:
-                while not ticket.wait(WAIT_POLL_SECONDS):
-                    if stop.is_set():
-                        return
-                    yield InLine(ticket.ahead)
-                chunks = stream(reply)
-                try:
-                    for text in chunks:
-                        if stop.is_set():
-                            return
-                        yield text
-                finally:
-                    chunks.close()  # type: ignore[attr-defined]
-        finally:
-            if session is not None and self._stop_events.get(session) is stop:
-                del self._stop_events[session]
+            with self._jobs_lock:
+                previous, self._jobs[session] = self._jobs.get(session), job
+            if previous is not None:
+                previous.stop()
+        return job
 
     def stop(self, session: str) -> bool:
         """Stop the reply running (or waiting) for ``session``; whether there was one."""
-        event = self._stop_events.get(session)
-        if event is not None:
-            event.set()
-        return event is not None
+        with self._jobs_lock:
+            job = self._jobs.pop(session, None)
+        if job is not None:
+            job.stop()
+        return job is not None
+
+    def forget(self, session: str, job: ReplyJob) -> None:
+        """Drop ``session``'s record of ``job`` once it ended (a newer job stays)."""
+        with self._jobs_lock:
+            if self._jobs.get(session) is job:
+                del self._jobs[session]
+
+
+_END = object()
+
+
+def _next_event(events: Iterator[ChatEvent]) -> Any:
+    return next(events, _END)
+
+
+async def stream_events(service: ChatService, job: ReplyJob, session: str | None = None) -> AsyncIterator[ChatEvent]:
+    """The job's events for an async consumer (Gradio); cancelling it stops the job at once.
+
+    Gradio cancels an event (Stop, Clear, a closed tab, ``job.cancel()`` from a client) by
+    cancelling its task: the ``await`` below then raises at once, whatever the job is doing (in
+    line, prefilling, decoding), and ``finally`` stops the job without waiting for it.
+    """
+    events = job.events()
+    try:
+        while (event := await anyio.to_thread.run_sync(_next_event, events, abandon_on_cancel=True)) is not _END:
+            yield event
+    finally:
+        job.stop()
+        if session is not None:
+            service.forget(session, job)
+
+
+def log_user_error(error: BaseException) -> None:
+    """One log line for an error the user caused (no traceback: nothing is broken)."""
+    logger.info("refused: %s: %s", type(error).__name__, error)

@@ -1,50 +1,31 @@
-"""The generation engine: stream replies from a background ``generate()`` thread, stop for real.
+"""The in-process backend: the model and tokenizer loaded in this process (transformers).
 
-Only this module, ``loading`` and the demo model builder touch torch. The UI talks to :class:`Engine`
-through :meth:`Engine.stream`, which returns a :class:`Reply`: iterate it for the growing text;
-closing it (leaving a ``with`` block, or closing the generator that iterates it, as Gradio does
-when a client cancels or disconnects) sets a per-request event that a ``StoppingCriteria`` checks
-after every decoding step, then joins the generation thread.
+:class:`InProcessBackend` streams replies through :func:`~jslm_chat.generation.generate_reply`.
+On a ZeroGPU Space that generator runs inside ``spaces.GPU`` (a forked worker that receives its
+arguments pickled): it takes plain data and yields plain records, and the reply object here, in
+the main process, turns them back into text, figures and errors. Elsewhere ``spaces.GPU`` is not
+applied and the stop event is shared directly, so a stop takes effect within one step even during
+a long prefill. Only this module, ``generation``, ``loading`` and ``demo_model`` touch torch.
 """
 
 from __future__ import annotations
 
-import gc
-import logging
-import queue
-import secrets
+import contextlib
 import threading
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import torch
-from transformers import GenerationConfig, StoppingCriteria
 
+from . import zerogpu
+from .backend import Backend, GenerationError, ReplyStream
+from .generation import Finished, generate_reply, loaded_model, register_model
 from .params import GenerationParams
 from .presets import ModelPreset
-from .prompt import PromptBuilder, RenderedPrompt, Turn, get_format
-from .streaming import JapaneseTextStreamer
+from .prompt import RenderedPrompt
 
-logger = logging.getLogger(__name__)
-
-QUEUE_POLL_SECONDS = 0.2
-JOIN_TIMEOUT_SECONDS = 120.0
-
-
-class GenerationError(RuntimeError):
-    """Generation failed inside the background thread (for example, out of GPU memory)."""
-
-
-@dataclass(frozen=True)
-class Conversation:
-    """What the model answers: a system prompt, finished turns and the newest user message."""
-
-    system: str
-    turns: Sequence[Turn]
-    message: str
+DEFAULT_CACHE_SLOTS = 2  # conversations whose cache is kept: the 7B's full 4,096-token cache is 2 GiB
 
 
 @dataclass(frozen=True)
@@ -54,6 +35,7 @@ class Placement:
     device_map: str | dict[str, str] | None
     dtype: torch.dtype
     device_label: str
+    then_move_to: str | None = None  # load on the CPU, then move here (ZeroGPU)
 
     @property
     def dtype_name(self) -> str:
@@ -61,234 +43,77 @@ class Placement:
         return str(self.dtype).removeprefix("torch.")
 
 
-class Engine:
-    """A loaded model and tokenizer that stream replies to conversations."""
+class InProcessBackend(Backend):
+    """A transformers model loaded in this process."""
 
-    def __init__(self, model: Any, tokenizer: Any, preset: ModelPreset, placement: Placement) -> None:
-        self.model = model
-        self.tokenizer = tokenizer
-        self.preset = preset
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        preset: ModelPreset,
+        placement: Placement,
+        *,
+        cache_slots: int = DEFAULT_CACHE_SLOTS,
+    ) -> None:
+        super().__init__(preset, tokenizer)
         self.placement = placement
-        self._prompts = PromptBuilder(tokenizer, get_format(preset.prompt_format))
+        self.model_key = register_model(model, tokenizer, 0 if zerogpu.enabled() else cache_slots)
 
     @property
-    def context_length(self) -> int:
-        """Tokens the model attends to: prompt plus reply."""
-        return self.preset.context_length
+    def model(self) -> Any:
+        """The loaded transformers model."""
+        return loaded_model(self.model_key).model
 
     @property
-    def dtype_label(self) -> str:
-        """The weights' dtype, as a short name (``float16``)."""
-        return self.placement.dtype_name
+    def runs_on(self) -> str:
+        return f"{self.placement.device_label} · {self.placement.dtype_name}"
 
-    def prompt_budget(self, max_new_tokens: int) -> int:
-        """How many prompt tokens fit next to a reply of ``max_new_tokens``."""
-        return self.context_length - max_new_tokens
-
-    def prepare(self, conversation: Conversation, max_new_tokens: int) -> RenderedPrompt:
-        """The exact prompt for ``conversation``, oldest turns dropped to leave room for the reply."""
-        return self._prompts.build(
-            conversation.system,
-            conversation.turns,
-            conversation.message,
-            budget=self.prompt_budget(max_new_tokens),
-        )
-
-    def stream(self, conversation: Conversation, params: GenerationParams) -> Reply:
-        """Start a reply (the thread starts on first iteration). Raises ``PromptTooLongError``."""
-        return Reply(self, self.prepare(conversation, params.max_new_tokens), params)
-
-
-class _StopAndCount(StoppingCriteria):
-    """Stops generation once ``event`` is set; records when each step finished."""
-
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
-        self.stopped = False
-        self.steps = 0
-        self.first_step_at: float | None = None
-        self.last_step_at: float | None = None
-
-    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
-        now = time.perf_counter()
-        self.steps += 1
-        self.first_step_at = self.first_step_at or now
-        self.last_step_at = now
-        self.stopped = self.event.is_set()
-        return torch.full((input_ids.shape[0],), self.stopped, dtype=torch.bool, device=input_ids.device)
-
-
-class Reply:
-    """One reply being generated. Iterate once for the growing text; ``close()`` stops it.
-
-    After iteration: ``text``, ``new_tokens``, ``finish_reason`` (``"eos"``, ``"length"``,
-    ``"stopped"`` or ``"error"``), ``seed`` (the one used, also when drawn at random), ``tokens_per_second`` and
-    ``seconds_to_first_token``.
-    """
-
-    def __init__(self, engine: Engine, prompt: RenderedPrompt, params: GenerationParams) -> None:
-        self.prompt = prompt
-        self.params = params
-        self.seed = params.seed if params.seed is not None else secrets.randbelow(2**31)
-        self.text = ""
-        self.finish_reason: str | None = None
-        self._engine = engine
-        self._stop = threading.Event()
-        self._progress = _StopAndCount(self._stop)
-        # ``_chunks`` reads the streamer's queue itself, with its own timeout.
-        self._streamer = JapaneseTextStreamer(engine.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-        self._started_at = 0.0
-
-    @property
-    def new_tokens(self) -> int:
-        """Tokens generated so far."""
-        return self._progress.steps
-
-    @property
-    def seconds_to_first_token(self) -> float | None:
-        """Latency from start to the first generated token (prompt processing included)."""
-        first = self._progress.first_step_at
-        return None if first is None else first - self._started_at
-
-    @property
-    def tokens_per_second(self) -> float | None:
-        """Decoding speed after the first token."""
-        first, last = self._progress.first_step_at, self._progress.last_step_at
-        if first is None or last is None or self.new_tokens < 2 or last <= first:
-            return None
-        return (self.new_tokens - 1) / (last - first)
-
-    @property
-    def running(self) -> bool:
-        """Whether the generation thread is alive."""
-        return self._thread is not None and self._thread.is_alive()
-
-    def __iter__(self) -> Iterator[str]:
-        if self._thread is not None:
-            raise RuntimeError("a Reply can be iterated only once")
-        self._started_at = time.perf_counter()
-        self._thread = threading.Thread(target=self._generate, name="jslm-generate", daemon=True)
-        self._thread.start()
-        try:
-            for chunk in self._chunks():
-                self.text += chunk
-                yield self.text
-        finally:
-            self.close()
-        if self._error is not None:
-            raise _as_generation_error(self._error) from self._error
+    def _start(self, prompt: RenderedPrompt, params: GenerationParams) -> InProcessReply:
+        return InProcessReply(self.model_key, prompt, params)
 
     def close(self) -> None:
-        """Stop generating (within one decoding step) and wait for the thread to end."""
-        self._stop.set()
-        thread = self._thread
-        if thread is None or thread is threading.current_thread():
-            return
-        thread.join(JOIN_TIMEOUT_SECONDS)
-        if thread.is_alive():
-            logger.error("generation thread did not stop within %.0f s", JOIN_TIMEOUT_SECONDS)
+        loaded_model(self.model_key).caches.clear()
 
-    def __enter__(self) -> Reply:
-        return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
+class InProcessReply(ReplyStream):
+    """A reply generated by :func:`generate_reply`, here or in a ZeroGPU worker."""
 
-    def _chunks(self) -> Iterator[str]:
-        """Text from the streamer, everything queued so far in one chunk; never blocks forever.
+    def __init__(self, model_key: str, prompt: RenderedPrompt, params: GenerationParams) -> None:
+        super().__init__(prompt, params)
+        self._model_key = model_key
+        self._records: Iterator[Any] | None = None
+        self._lock = threading.Lock()
 
-        A consumer slower than the model (a browser over a slow link, say) gets one update with
-        all the new text rather than a growing backlog of one-token updates.
-        """
-        pending = self._streamer.text_queue
-        end = self._streamer.stop_signal
-        while True:
-            try:
-                parts = [pending.get(timeout=QUEUE_POLL_SECONDS)]
-            except queue.Empty:
-                if self._thread is not None and not self._thread.is_alive() and pending.empty():
-                    return
-                continue
-            while parts[-1] is not end:
-                try:
-                    parts.append(pending.get_nowait())
-                except queue.Empty:
-                    break
-            ended = parts[-1] is end
-            text = "".join(parts[:-1] if ended else parts)
-            if text:
-                yield text
-            if ended:
+    def _generate(self) -> Iterator[str]:
+        if zerogpu.enabled():  # arguments and records cross a process boundary: plain data only
+            records = zerogpu.stream_on_gpu(self._model_key, self.prompt.token_ids, self.params, self.seed)
+        else:
+            records = generate_reply(self._model_key, self.prompt.token_ids, self.params, self.seed, self._stop)
+        with self._lock:
+            self._records = records
+        for record in records:
+            if isinstance(record, Finished):
+                self._finish(record)
+                return
+            self._count_tokens(record.new_tokens - self.new_tokens)
+            yield record.text
+            if self.stopped:
+                self.finish_reason = "stopped"
                 return
 
-    def _generate(self) -> None:
-        engine, params = self._engine, self.params
-        device = engine.model.device
-        input_ids = torch.tensor([self.prompt.token_ids], dtype=torch.long, device=device)
-        try:
-            torch.manual_seed(self.seed)
-            with torch.inference_mode():
-                engine.model.generate(
-                    input_ids=input_ids,
-                    attention_mask=torch.ones_like(input_ids),
-                    generation_config=_generation_config(engine, params),
-                    streamer=self._streamer,
-                    stopping_criteria=[self._progress],
-                )
-        except BaseException as error:  # reported to the consumer, which re-raises it
-            self._error = error
-            logger.exception("generation failed")
-            self._streamer.end()
-            _free_accelerator_memory()
-        if self._error is not None:
-            self.finish_reason = "error"
-        elif self._progress.stopped:
-            self.finish_reason = "stopped"
-        else:
-            self.finish_reason = "length" if self.new_tokens >= params.max_new_tokens else "eos"
+    def _finish(self, record: Finished) -> None:
+        self.new_tokens = max(self.new_tokens, record.new_tokens)
+        self.reused_tokens = record.reused_tokens
+        if record.error is not None:
+            raise GenerationError(record.error)
+        self.finish_reason = record.finish_reason
 
-
-def _generation_config(engine: Engine, params: GenerationParams) -> GenerationConfig:
-    model_config = engine.model.generation_config
-    eos = model_config.eos_token_id if model_config.eos_token_id is not None else engine.tokenizer.eos_token_id
-    pad = engine.tokenizer.pad_token_id
-    sampling: dict[str, Any] = (
-        {"do_sample": False}
-        if params.greedy
-        else {
-            "do_sample": True,
-            "temperature": params.temperature,
-            "top_p": params.top_p,
-            "top_k": params.top_k,  # 0 turns top-k off (None would fall back to the default, 50)
-        }
-    )
-    return GenerationConfig(
-        max_new_tokens=params.max_new_tokens,
-        repetition_penalty=params.repetition_penalty,
-        eos_token_id=eos,
-        bos_token_id=engine.tokenizer.bos_token_id,
-        pad_token_id=pad if pad is not None else eos,
-        **sampling,
-    )
-
-
-def _as_generation_error(error: BaseException) -> GenerationError:
-    if isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower():
-        return GenerationError(
-            "GPU のメモリが足りなくなりました。最大生成トークン数を減らすか、会話をクリアしてもう一度お試しください。"
-            " / Out of GPU memory: lower max_new_tokens or clear the conversation, then try again."
-        )
-    return GenerationError(
-        f"生成中にエラーが発生しました: {type(error).__name__}: {error}"
-        f" / Generation failed: {type(error).__name__}: {error}"
-    )
-
-
-def _free_accelerator_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    def close(self) -> None:
+        """Stop, and end the generator (joining the generation thread, or closing the GPU worker)."""
+        super().close()
+        with self._lock:
+            records, self._records = self._records, None
+        close = getattr(records, "close", None)
+        if close is not None:
+            with contextlib.suppress(ValueError):  # still running in another thread: the stop event ends it
+                close()

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
-from .chat import content_text, is_notice
+from .history import content_text, is_notice
 
 ROLE_HEADINGS = {"user": "ユーザー / User", "assistant": "アシスタント / Assistant", "system": "システム / System"}
 
@@ -39,15 +38,3 @@ def to_markdown(history: Sequence[Mapping[str, Any]], metadata: Mapping[str, Any
     for message in conversation_messages(history):
         lines += ["", f"## {ROLE_HEADINGS.get(message['role'], message['role'])}", "", message["content"]]
     return "\n".join(lines).rstrip() + "\n"
-
-
-def write_exports(
-    history: Sequence[Mapping[str, Any]], metadata: Mapping[str, Any], directory: Path
-) -> tuple[Path, Path]:
-    """Write ``conversation.json`` and ``conversation.md`` into ``directory``; return both paths."""
-    directory.mkdir(parents=True, exist_ok=True)
-    json_path = directory / "conversation.json"
-    markdown_path = directory / "conversation.md"
-    json_path.write_text(to_json(history, metadata), encoding="utf-8")
-    markdown_path.write_text(to_markdown(history, metadata), encoding="utf-8")
-    return json_path, markdown_path

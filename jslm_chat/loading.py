@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -12,13 +11,13 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from .engine import Engine, Placement
+from . import zerogpu
+from .engine import DEFAULT_CACHE_SLOTS, InProcessBackend, Placement
 from .presets import resolve_preset
+from .settings import DTYPE_CHOICES
 
 logger = logging.getLogger(__name__)
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
-DTYPE_CHOICES = ("auto", "float16", "bfloat16", "float32")
 SMALL_MODEL_PARAMETERS = 1_000_000_000
 LOAD_FIXES = (
     "対処: ローカルに保存したモデルを --model PATH で指定するか、--demo でオフラインのデモモデルを使ってください。"
@@ -50,8 +49,9 @@ def choose_placement(device: str = "auto", dtype: str = "auto", parameters: int 
             )
         chosen = torch.float16 if dtype == "auto" else getattr(torch, dtype)
         count = torch.cuda.device_count()
-        if device == "cuda" and os.environ.get("SPACES_ZERO_GPU"):
-            return Placement({"": "cuda"}, chosen, "cuda (ZeroGPU)")  # ZeroGPU attaches one GPU per call
+        if device == "cuda" and zerogpu.enabled():
+            # ZeroGPU attaches one GPU per call; load on the CPU, then move on the main thread.
+            return Placement(None, chosen, "cuda (ZeroGPU)", then_move_to="cuda")
         if device == "cuda":
             return Placement("auto", chosen, f"cuda ×{count}" if count > 1 else "cuda")
         return Placement({"": device}, chosen, device)
@@ -83,7 +83,14 @@ def cpu_supports_bfloat16() -> bool:
         return False
 
 
-def load_engine(model: str, *, device: str = "auto", dtype: str = "auto", display_name: str | None = None) -> Engine:
+def load_engine(
+    model: str,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    display_name: str | None = None,
+    cache_slots: int = DEFAULT_CACHE_SLOTS,
+) -> InProcessBackend:
     """Load a model by preset key, hub id or local directory. Raises :class:`ModelLoadError`."""
     preset = resolve_preset(model)
     if display_name:
@@ -107,6 +114,9 @@ def load_engine(model: str, *, device: str = "auto", dtype: str = "auto", displa
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         loaded = AutoModelForCausalLM.from_pretrained(source, dtype=placement.dtype, device_map=placement.device_map)
+        if placement.then_move_to:
+            # transformers loads in a thread pool, where ZeroGPU's patched torch cannot reach CUDA.
+            loaded.to(placement.then_move_to)
     except Exception as error:
         raise ModelLoadError(describe_load_failure(source, error)) from error
     loaded.eval()
@@ -120,7 +130,7 @@ def load_engine(model: str, *, device: str = "auto", dtype: str = "auto", displa
         dtype_name,
         time.perf_counter() - started,
     )
-    return Engine(loaded, tokenizer, preset, placement)
+    return InProcessBackend(loaded, tokenizer, preset, placement, cache_slots=cache_slots)
 
 
 def describe_load_failure(source: str, error: BaseException) -> str:

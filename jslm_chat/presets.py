@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from .params import SETTINGS, GenerationParams
 
 LLAMA2_FORMAT = "llama2"
 ALPACA_JA_FORMAT = "alpaca_ja"
@@ -15,15 +18,7 @@ ALPACA_JA_PREAMBLE = (
 )
 
 
-@dataclass(frozen=True)
-class SamplingDefaults:
-    """Starting values of the sampling sliders for one model."""
-
-    max_new_tokens: int = 512
-    temperature: float = 0.7
-    top_p: float = 0.95
-    top_k: int = 50
-    repetition_penalty: float = 1.1
+LLAMA2_SAMPLING = GenerationParams(max_new_tokens=512, temperature=0.7, top_p=0.95, top_k=50, repetition_penalty=1.1)
 
 
 @dataclass(frozen=True)
@@ -36,13 +31,18 @@ class ModelPreset:
     prompt_format: str
     context_length: int
     system_prompt: str
-    sampling: SamplingDefaults
+    sampling: GenerationParams
 
     def fitted_to_context(self, context_length: int) -> ModelPreset:
         """This preset for a model whose window is ``context_length`` tokens (a quarter for the reply)."""
         budget = max(1, context_length // 4)
         sampling = dataclasses.replace(self.sampling, max_new_tokens=min(self.sampling.max_new_tokens, budget))
         return dataclasses.replace(self, context_length=context_length, sampling=sampling)
+
+    def default_settings(self) -> dict[str, Any]:
+        """The starting value of every setting (:data:`~jslm_chat.params.SETTINGS`) for this model."""
+        values = {"system_prompt": self.system_prompt, **dataclasses.asdict(self.sampling)}
+        return {spec.name: values[spec.name] for spec in SETTINGS}
 
 
 def _llama2_preset(key: str, model_id: str, display_name: str) -> ModelPreset:
@@ -54,7 +54,7 @@ def _llama2_preset(key: str, model_id: str, display_name: str) -> ModelPreset:
         prompt_format=LLAMA2_FORMAT,
         context_length=4096,
         system_prompt=DEFAULT_SYSTEM_PROMPT,
-        sampling=SamplingDefaults(),
+        sampling=LLAMA2_SAMPLING,
     )
 
 
@@ -83,7 +83,7 @@ PRESETS: dict[str, ModelPreset] = {
             prompt_format=ALPACA_JA_FORMAT,
             context_length=32768,
             system_prompt=ALPACA_JA_PREAMBLE,
-            sampling=SamplingDefaults(temperature=1.0, top_p=0.95, repetition_penalty=1.05),
+            sampling=dataclasses.replace(LLAMA2_SAMPLING, temperature=1.0, top_p=0.95, repetition_penalty=1.05),
         ),
     )
 }

@@ -11,9 +11,9 @@ from typing import Any
 import gradio as gr
 
 from .admission import Admission
+from .backend import Backend
 from .chat import ChatService
-from .engine import Engine
-from .loading import ModelLoadError, load_engine
+from .feedback import FeedbackLog
 from .settings import Settings, parse_settings
 from .ui import build_ui, configure_queue, launch_options
 
@@ -22,22 +22,45 @@ logger = logging.getLogger(__name__)
 DEMO_DISPLAY_NAME = "デモモデル (tiny demo, offline)"
 
 
-def load_for(settings: Settings) -> Engine:
-    """The engine the settings ask for: the demo model (built once, CPU) or ``settings.model``."""
+class StartupError(RuntimeError):
+    """The backend cannot start (model not loadable, vLLM unreachable); the message says why and what to do."""
+
+
+def load_for(settings: Settings) -> Backend:
+    """The backend the settings ask for: in-process (the demo model or ``settings.model``) or vLLM.
+
+    The one place that picks a backend. Raises :class:`StartupError`.
+    """
+    if settings.backend == "vllm":
+        from .vllm_backend import BackendUnavailableError, VllmBackend
+
+        try:
+            return VllmBackend.connect(settings.vllm_url, settings.model)
+        except BackendUnavailableError as error:
+            raise StartupError(str(error)) from error
+    from .loading import ModelLoadError, load_engine
+
+    model, options = settings.model, {"device": settings.device, "dtype": settings.dtype}
     if settings.demo:
         from .demo_model import demo_model_dir
 
-        device = "cpu" if settings.device == "auto" else settings.device
-        return load_engine(str(demo_model_dir()), device=device, dtype=settings.dtype, display_name=DEMO_DISPLAY_NAME)
-    return load_engine(settings.model, device=settings.device, dtype=settings.dtype)
+        model = str(demo_model_dir())
+        options = {**options, "device": "cpu" if settings.device == "auto" else settings.device}
+        options["display_name"] = DEMO_DISPLAY_NAME
+    try:
+        return load_engine(model, cache_slots=settings.cache_conversations, **options)
+    except ModelLoadError as error:
+        raise StartupError(str(error)) from error
 
 
-def create_app(settings: Settings, engine: Engine | None = None) -> tuple[gr.Blocks, ChatService]:
-    """The queued Gradio app for ``settings`` and its chat service (loading the engine unless given)."""
-    engine = engine or load_for(settings)
-    admission = Admission(slots=settings.concurrency, max_waiting=settings.queue_size)
-    service = ChatService(engine, settings.max_new_tokens_limit, admission)
-    return configure_queue(build_ui(service, demo_mode=settings.demo)), service
+def create_app(settings: Settings, backend: Backend | None = None) -> tuple[gr.Blocks, ChatService]:
+    """The queued Gradio app for ``settings`` and its chat service (starting the backend unless given)."""
+    backend = backend or load_for(settings)
+    slots = settings.concurrency or backend.default_concurrency
+    admission = Admission(slots=slots, max_waiting=settings.queue_size)
+    service = ChatService(backend, settings.max_new_tokens_limit, admission)
+    feedback = FeedbackLog(settings.feedback_dir) if settings.feedback_dir else None
+    return configure_queue(build_ui(service, demo_mode=settings.demo, feedback=feedback)), service
 
 
 def launch(
@@ -55,6 +78,7 @@ def launch(
         share=share,
         prevent_thread_lock=True,
         show_error=True,
+        auth=list(settings.auth) or None,
         **launch_options(service),
     )
     if share and not share_url:
@@ -74,7 +98,7 @@ def serve(argv: Sequence[str] | None = None) -> int:
     settings = parse_settings(argv)
     try:
         app, service = create_app(settings)
-    except ModelLoadError as error:
+    except StartupError as error:
         print(error, file=sys.stderr)
         return 1
     launch(app, service, settings)

@@ -10,7 +10,9 @@ Japanese.
 
 from __future__ import annotations
 
-from .engine import Reply
+import html
+
+from .backend import ReplyStream
 
 JA: dict[str, str] = {
     "jslm_chat_placeholder": "ここに会話が表示されます。下の入力欄からどうぞ。",
@@ -38,6 +40,8 @@ JA: dict[str, str] = {
     "jslm_seed_placeholder": "ランダム",
     "jslm_reset": "設定を初期値に戻す",
     "jslm_examples": "例",
+    "jslm_continue": "続きを生成",
+    "jslm_feedback_comment": "評価へのコメント（任意。👍/👎 と一緒に送られます）",
     "jslm_export_json": "JSON で保存",
     "jslm_export_markdown": "Markdown で保存",
     "jslm_demo_banner": (
@@ -74,6 +78,8 @@ EN: dict[str, str] = {
     "jslm_seed_placeholder": "random",
     "jslm_reset": "Reset settings",
     "jslm_examples": "Examples",
+    "jslm_continue": "Continue",
+    "jslm_feedback_comment": "Comment on your rating (optional; sent with 👍/👎)",
     "jslm_export_json": "Save as JSON",
     "jslm_export_markdown": "Save as Markdown",
     "jslm_demo_banner": (
@@ -92,17 +98,19 @@ TRANSLATIONS: dict[str, dict[str, str]] = {
 }
 
 
-def status_line(reply: Reply, context_length: int) -> str:
-    """The line under the chat: progress or why it ended, context used, speed, turns left out, seed."""
+def status_line(reply: ReplyStream, context_length: int, finish_reason: str | None = None) -> str:
+    """The line under the chat: progress or why it ended, context used, cache reuse, speed, turns left out, seed."""
     used = reply.prompt.num_tokens + reply.new_tokens
     speed = reply.tokens_per_second
     parts = [
-        FINISH_NOTES.get(reply.finish_reason or "", GENERATING),
+        FINISH_NOTES.get(finish_reason or reply.finish_reason or "", GENERATING),
         f"コンテキスト (context): {used:,} / {context_length:,} トークン",
         f"速度 (speed): {speed:.1f} トークン/秒 (tok/s)" if speed else "速度 (speed): –",
         f"省略したターン (turns left out): {reply.prompt.dropped_turns}",
         f"シード (seed): {reply.seed}",
     ]
+    if reply.reused_tokens:
+        parts.insert(2, f"再利用 (cached): {reply.reused_tokens:,} トークン")
     return " · ".join(parts)
 
 
@@ -112,12 +120,30 @@ FINISH_NOTES = {
     "stopped": "停止しました (stopped)",
     "length": "完了: 最大生成トークン数に達しました (done: hit max_new_tokens)",
 }
-STOPPED = FINISH_NOTES["stopped"]
+NOTHING_TO_SEND = "送信するメッセージがありません / Nothing to send"
+NOTHING_TO_RETRY = "再生成する返答がありません / Nothing to retry"
+NOTHING_TO_CONTINUE = "続きを生成する返答がありません / Nothing to continue"
+STARTING = "準備中… (starting)"
 
 
 def waiting_line(ahead: int) -> str:
     """The status line while a request waits for a generation slot."""
     return f"順番待ちです。前に {ahead} 件あります… / Waiting in line: {ahead} ahead of you…"
+
+
+def header_html(model: str, runs_on: str, context_length: int, logo_svg: str, demo_mode: bool) -> str:
+    """The header: logo, title, model, where it runs (device and dtype, or the vLLM server), context."""
+    badge = ' <span class="jslm-demo-badge">DEMO</span>' if demo_mode else ""
+    return (
+        '<div class="jslm-header">'
+        f'<span class="jslm-logo" aria-hidden="true">{logo_svg}</span>'
+        "<div>"
+        f"<h1>日本語 StableLM チャット{badge}</h1>"
+        f'<p class="jslm-model">モデル (model): <b>{html.escape(model)}</b> · '
+        f"実行環境 (runs on): <b>{html.escape(runs_on)}</b> · "
+        f"コンテキスト (context): <b>{context_length:,}</b></p>"
+        "</div></div>"
+    )
 
 
 def dropped_notice(dropped: int) -> str:

@@ -10,8 +10,14 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from jslm_chat.backend import Backend, Conversation, ReplyStream
+    from jslm_chat.chat import ChatService
+    from jslm_chat.params import GenerationParams
 
 SAMPLE_JA = (
     "こんにちは。今日はいい天気ですね。散歩に行きましょう！\n"
@@ -92,6 +98,26 @@ def demo_model_path() -> Path:
     return demo_model_dir()
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch_app(backend: Backend, **settings: Any) -> tuple[Any, str, ChatService]:
+    """The app as ``app.py`` serves it, on a free local port, without blocking: (app, url, service)."""
+    from jslm_chat.server import create_app, launch
+    from jslm_chat.settings import Settings
+
+    chosen = Settings(**{"demo": True, "host": "127.0.0.1", "port": free_port(), **settings})
+    app, service = create_app(chosen, backend=backend)
+    _, url, _ = launch(app, service, chosen, block=False)
+    return app, url, service
+
+
 @pytest.fixture(scope="session")
 def demo_engine(demo_model_path: Path) -> object:
     """The offline demo model, loaded exactly as ``python app.py --demo`` loads it."""
@@ -103,17 +129,18 @@ def demo_engine(demo_model_path: Path) -> object:
 
 @pytest.fixture
 def endless_replies(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Replies always run to max_new_tokens (EOS suppressed), so there is a long generation to stop."""
-    from jslm_chat import engine as engine_module
+    """Every reply runs to max_new_tokens (the ``ignore_eos`` option forced on), so there is a long
+    generation to stop, also for requests from the browser, which never sets that option."""
+    import dataclasses
 
-    original = engine_module._generation_config
+    from jslm_chat.backend import Backend
 
-    def without_early_eos(engine: object, params: object) -> object:
-        config = original(engine, params)
-        config.min_new_tokens = config.max_new_tokens
-        return config
+    original = Backend.stream
 
-    monkeypatch.setattr(engine_module, "_generation_config", without_early_eos)
+    def endless(self: Backend, conversation: Conversation, params: GenerationParams) -> ReplyStream:
+        return original(self, conversation, dataclasses.replace(params, ignore_eos=True))
+
+    monkeypatch.setattr(Backend, "stream", endless)
 
 
 @pytest.fixture
@@ -122,15 +149,15 @@ def paced_generation(monkeypatch: pytest.MonkeyPatch) -> None:
     on how fast this machine runs the tiny models (a fast model can finish before a reader wakes)."""
     import time
 
-    from jslm_chat import engine as engine_module
+    from jslm_chat import generation
 
-    step = engine_module._StopAndCount.__call__
+    step = generation._StopAndCount.__call__
 
     def paced_step(self: object, *args: object, **kwargs: object) -> object:
         time.sleep(0.005)
         return step(self, *args, **kwargs)
 
-    monkeypatch.setattr(engine_module._StopAndCount, "__call__", paced_step)
+    monkeypatch.setattr(generation._StopAndCount, "__call__", paced_step)
 
 
 def generation_threads() -> list[object]:

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import itertools
-import socket
 import time
 
 import pytest
 import torch
-from conftest import generation_threads, wait_until
+from conftest import generation_threads, launch_app, wait_until
 from gradio_client import Client
 from gradio_client.exceptions import AppError
-
-from jslm_chat.server import create_app, launch
-from jslm_chat.settings import Settings
 
 SYSTEM = "あなたは役立つアシスタントです。"
 TWO_TURNS = [
@@ -22,20 +18,6 @@ TWO_TURNS = [
     {"role": "user", "content": [{"type": "text", "text": "日本の首都は？"}]},
     {"role": "assistant", "content": "東京です。"},
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def launch_app(engine: object, **settings: object) -> tuple[object, str, object]:
-    """The app as ``app.py`` serves it, on a free local port, without blocking."""
-    chosen = Settings(demo=True, host="127.0.0.1", port=free_port(), **settings)
-    app, service = create_app(chosen, engine=engine)
-    _, url, _ = launch(app, service, chosen, block=False)
-    return app, url, service
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +51,7 @@ def test_api_lists_exactly_the_two_named_endpoints(client):
         "top_k",
         "repetition_penalty",
         "seed",
+        "continue_reply",
     ]
 
 
@@ -94,7 +77,7 @@ def test_prompt_returns_the_llama2_template_for_a_two_turn_history(client, demo_
         "<s>[INST] 京都は？ [/INST] "
     )
     assert result["prompt"] == expected
-    tokenizer = demo_engine.tokenizer
+    tokenizer = demo_engine.tokenizer  # the in-process backend's own
 
     def encode(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]

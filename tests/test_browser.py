@@ -7,9 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import generation_threads, wait_until
+from conftest import generation_threads, launch_app, wait_until
 from playwright.sync_api import Page, expect, sync_playwright
-from test_api import launch_app
 
 pytestmark = pytest.mark.browser
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from jslm_chat.export import to_json, to_markdown, write_exports
+from jslm_chat.export import to_json, to_markdown
 
 HISTORY = [
     {"role": "user", "content": [{"type": "text", "text": "こんにちは"}]},
@@ -32,9 +32,3 @@ def test_markdown_export_has_a_section_per_message():
     assert text.count("## ユーザー / User") == 1
     assert text.count("## アシスタント / Assistant") == 1
     assert "notice" not in text
-
-
-def test_files_are_written_in_utf8(tmp_path):
-    json_path, markdown_path = write_exports(HISTORY, META, tmp_path / "out")
-    assert json.loads(json_path.read_text(encoding="utf-8"))["messages"][0]["content"] == "こんにちは"
-    assert "こんにちは！" in markdown_path.read_text(encoding="utf-8")

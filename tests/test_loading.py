@@ -22,7 +22,8 @@ def engine(tiny_model_dir):
 
 def test_loads_a_local_directory_on_cpu(engine, tiny_model_dir):
     assert engine.placement.device_label == "cpu"
-    assert engine.dtype_label == "float32"
+    assert engine.placement.dtype_name == "float32"
+    assert engine.runs_on == "cpu · float32"
     assert engine.model.dtype == torch.float32
     assert not engine.model.training
     assert engine.preset.prompt_format == "llama2"
@@ -58,7 +59,7 @@ def test_parameter_estimate_matches_a_llama_2_7b_config():
 
 
 def test_tiny_model_on_auto_loads_in_float32(tiny_model_dir):
-    assert load_engine(str(tiny_model_dir), device="cpu").dtype_label == "float32"
+    assert load_engine(str(tiny_model_dir), device="cpu").placement.dtype_name == "float32"
 
 
 def test_placement_with_cuda_is_fp16_over_every_gpu(monkeypatch):
@@ -68,8 +69,11 @@ def test_placement_with_cuda_is_fp16_over_every_gpu(monkeypatch):
     assert (auto.device_map, auto.dtype, auto.device_label) == ("auto", torch.float16, "cuda ×2")
     pinned = choose_placement("cuda:1", "bfloat16")
     assert (pinned.device_map, pinned.dtype) == ({"": "cuda:1"}, torch.bfloat16)
-    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
-    assert choose_placement().device_map == {"": "cuda"}
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")  # loaded on the CPU, then moved to the one GPU on the main thread
+    zero = choose_placement()
+    assert (zero.device_map, zero.then_move_to, zero.device_label) == (None, "cuda", "cuda (ZeroGPU)")
+    monkeypatch.setenv("SPACES_ZERO_GPU", "false")  # spaces reads only 1/t/true as on
+    assert choose_placement().device_map == "auto"
 
 
 def test_asking_for_cuda_without_a_gpu_is_a_clear_error(monkeypatch):

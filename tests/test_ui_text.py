@@ -22,6 +22,7 @@ def fake_reply(**changes: object) -> SimpleNamespace:
         "tokens_per_second": 23.456,
         "seed": 1234,
         "finish_reason": None,
+        "reused_tokens": 0,
     }
     return SimpleNamespace(**{**reply, **changes})
 
@@ -42,3 +43,8 @@ def test_status_line_while_generating_and_when_done():
 def test_notices_are_bilingual():
     assert "3 ターン" in dropped_notice(3) and "3 old turn(s)" in dropped_notice(3)
     assert "前に 2 件" in waiting_line(2) and "2 ahead" in waiting_line(2)
+
+
+def test_status_line_shows_reused_prompt_tokens():
+    assert "再利用 (cached): 1,200 トークン" in status_line(fake_reply(reused_tokens=1200), 4096)
+    assert "再利用" not in status_line(fake_reply(), 4096)

@@ -1,0 +1,253 @@
+"""One in-process reply: a ``generate()`` thread, its streamer, stop, and reuse of earlier caches.
+
+:func:`generate_reply` takes only plain, picklable data (a model key, prompt token ids, the
+sampling parameters, the seed) and yields plain records, so that it can run in another process
+(a ZeroGPU worker, see ``engine.py``) as well as in this one. The model, tokenizer and cache pool
+are module state registered before launch (:func:`register_model`); a forked worker inherits them.
+
+Inside, the prompt is prefilled in chunks (checking for a stop between chunks) into a cache that
+may already hold a shared prefix of an earlier turn (``kv_cache``), then ``generate()`` decodes
+in a background thread whose ``StoppingCriteria`` checks the stop event after every step, while
+this generator hands the streamer's text out, everything queued so far in one piece.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import count
+from typing import Any
+
+import torch
+from transformers import DynamicCache, GenerationConfig, StoppingCriteria
+
+from .kv_cache import PrefixCachePool
+from .params import GenerationParams
+from .streaming import JapaneseTextStreamer
+
+logger = logging.getLogger(__name__)
+
+QUEUE_POLL_SECONDS = 0.1
+JOIN_TIMEOUT_SECONDS = 120.0
+PREFILL_CHUNK_TOKENS = 512  # a stop during a long prefill takes effect after at most this many tokens
+
+
+@dataclass
+class LoadedModel:
+    """A model in this process, with its tokenizer and its pool of reusable caches."""
+
+    model: Any
+    tokenizer: Any
+    caches: PrefixCachePool
+
+
+_MODELS: dict[str, LoadedModel] = {}
+_keys = count()
+
+
+def register_model(model: Any, tokenizer: Any, cache_slots: int) -> str:
+    """Make a loaded model available to :func:`generate_reply`; returns its key."""
+    key = f"model-{next(_keys)}"
+    _MODELS[key] = LoadedModel(model, tokenizer, PrefixCachePool(cache_slots))
+    return key
+
+
+def loaded_model(key: str) -> LoadedModel:
+    """The model registered under ``key``."""
+    return _MODELS[key]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """New text of the reply and how many tokens were generated so far."""
+
+    text: str
+    new_tokens: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    """How a reply ended: finish reason, counts, and a bilingual message when it failed."""
+
+    finish_reason: str
+    new_tokens: int
+    reused_tokens: int
+    error: str | None = None
+
+
+def generate_reply(
+    model_key: str, token_ids: list[int], params: GenerationParams, seed: int, stop: threading.Event | None = None
+) -> Iterator[Progress | Finished]:
+    """Yield :class:`Progress` records while the reply grows, then one :class:`Finished` record.
+
+    Setting ``stop`` (or closing this generator) ends the generation within one decoding step or
+    one prefill chunk; the thread is joined before this generator finishes.
+    """
+    generation = _Generation(loaded_model(model_key), token_ids, params, seed, stop or threading.Event())
+    generation.start()
+    try:
+        yield from generation.progress()
+    finally:
+        generation.stop_and_join()
+    yield generation.finished()
+
+
+class _StopAndCount(StoppingCriteria):
+    """Stops generation once ``event`` is set; counts decoding steps."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+        self.steps = 0
+        self.stopped = False
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        self.steps += 1
+        self.stopped = self.event.is_set()
+        return torch.full((input_ids.shape[0],), self.stopped, dtype=torch.bool, device=input_ids.device)
+
+
+class _Generation:
+    """The state of one reply's generation thread."""
+
+    def __init__(
+        self, loaded: LoadedModel, token_ids: list[int], params: GenerationParams, seed: int, stop: threading.Event
+    ) -> None:
+        self.loaded = loaded
+        self.token_ids = token_ids
+        self.params = params
+        self.seed = seed
+        self.stop = stop
+        self.counter = _StopAndCount(stop)
+        self.streamer = JapaneseTextStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.thread = threading.Thread(target=self._run, name="jslm-generate", daemon=True)
+        self.reused_tokens = 0
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def progress(self) -> Iterator[Progress]:
+        """The streamer's text, everything queued so far in one record; never blocks forever."""
+        pending, end = self.streamer.text_queue, self.streamer.stop_signal
+        while True:
+            try:
+                parts = [pending.get(timeout=QUEUE_POLL_SECONDS)]
+            except queue.Empty:
+                if not self.thread.is_alive() and pending.empty():
+                    return
+                continue
+            while parts[-1] is not end:
+                try:
+                    parts.append(pending.get_nowait())
+                except queue.Empty:
+                    break
+            ended = parts[-1] is end
+            text = "".join(parts[:-1] if ended else parts)
+            if text:
+                yield Progress(text, self.counter.steps)
+            if ended:
+                return
+
+    def stop_and_join(self) -> None:
+        self.stop.set()
+        self.thread.join(JOIN_TIMEOUT_SECONDS)
+        if self.thread.is_alive():
+            logger.error("generation thread did not stop within %.0f s", JOIN_TIMEOUT_SECONDS)
+
+    def finished(self) -> Finished:
+        steps, reused = self.counter.steps, self.reused_tokens
+        if self.error is not None:
+            return Finished("error", steps, reused, describe_generation_error(self.error))
+        if self.counter.stopped:
+            return Finished("stopped", steps, reused)
+        return Finished("length" if steps >= self.params.max_new_tokens else "eos", steps, reused)
+
+    def _run(self) -> None:
+        try:
+            torch.manual_seed(self.seed)
+            with torch.inference_mode():
+                self._generate()
+        except BaseException as error:  # reported to the consumer as a Finished record
+            self.error = error
+            logger.exception("generation failed")
+            self.loaded.caches.clear()
+            free_accelerator_memory()
+        finally:
+            self.streamer.end()
+
+    def _generate(self) -> None:
+        model, caches = self.loaded.model, self.loaded.caches
+        cache, self.reused_tokens = caches.take(self.token_ids)
+        cache = cache if cache is not None else DynamicCache(config=model.config)
+        input_ids = torch.tensor([self.token_ids], dtype=torch.long, device=model.device)
+        if not self._prefill(cache, input_ids):
+            self.counter.stopped = True
+            caches.put(cache, self.token_ids)  # what was prefilled still helps a retry
+            return
+        output = model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            cache=cache,
+            generation_config=generation_config(self.loaded.tokenizer, model, self.params),
+            streamer=self.streamer,
+            stopping_criteria=[self.counter],
+        )
+        caches.put(cache, output[0].tolist())
+
+    def _prefill(self, cache: Any, input_ids: torch.Tensor) -> bool:
+        """Fill ``cache`` with all prompt tokens but the last, a chunk at a time; False if stopped."""
+        model, end = self.loaded.model, input_ids.shape[1] - 1
+        for start in range(cache.get_seq_length(), end, PREFILL_CHUNK_TOKENS):
+            if self.stop.is_set():
+                return False
+            stop_at = min(start + PREFILL_CHUNK_TOKENS, end)
+            positions = torch.arange(start, stop_at, device=input_ids.device)
+            model(
+                input_ids=input_ids[:, start:stop_at], cache=cache, cache_position=positions, logits_to_keep=1
+            )
+        return not self.stop.is_set()
+
+
+def generation_config(tokenizer: Any, model: Any, params: GenerationParams) -> GenerationConfig:
+    """``generate()`` settings for ``params`` (top_k 0 stays 0: off, never the default 50)."""
+    eos = model.generation_config.eos_token_id
+    eos = eos if eos is not None else tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id
+    sampling: dict[str, Any] = (
+        {"do_sample": False}
+        if params.greedy
+        else {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": params.top_k}
+    )
+    return GenerationConfig(
+        max_new_tokens=params.max_new_tokens,
+        min_new_tokens=params.max_new_tokens if params.ignore_eos else None,
+        repetition_penalty=params.repetition_penalty,
+        eos_token_id=eos,
+        bos_token_id=tokenizer.bos_token_id,
+        pad_token_id=pad if pad is not None else eos,
+        **sampling,
+    )
+
+
+def describe_generation_error(error: BaseException) -> str:
+    """A bilingual message for a failed generation (out of memory gets its own advice)."""
+    if isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower():
+        return (
+            "GPU のメモリが足りなくなりました。最大生成トークン数を減らすか、会話をクリアしてもう一度お試しください。"
+            " / Out of GPU memory: lower max_new_tokens or clear the conversation, then try again."
+        )
+    return (
+        f"生成中にエラーが発生しました: {type(error).__name__}: {error}"
+        f" / Generation failed: {type(error).__name__}: {error}"
+    )
+
+
+def free_accelerator_memory() -> None:
+    """Return freed memory to the GPU (after an error, or when caches are dropped)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
