@@ -29,7 +29,10 @@ cannot be pickled: a named function returning False stands in during the import.
 
 What this cannot show: real CUDA (inside the worker ``torch.cuda.is_available()`` is False and
 tensors stay on CPU, so code must take its device from the model, never hard-code "cuda"), the
-real scheduler's queueing and quota refusals, and the GPU time limit being enforced.
+real scheduler's queueing and quota refusals, and the GPU time limit being enforced. Nor the
+target's own import order: ``spaces`` is imported (and torch patched) before the target runs,
+whereas on a Space it happens wherever the app first imports ``spaces``, which must come before
+the model is loaded.
 
 ZeroGPU patches torch for the whole process and forks, so run it only in a fresh subprocess::
 
@@ -44,9 +47,11 @@ workers (by default Python would die alone and leave the forked workers running)
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import os
 import runpy
+import shutil
 import signal
 import sys
 import tempfile
@@ -152,7 +157,11 @@ def install(offload_dir: str | None = None) -> None:
         raise RuntimeError("zerogpu_sim.install() must run before anything imports spaces")
     os.environ["SPACES_ZERO_GPU"] = "true"
     os.environ["SPACES_ZERO_DEVICE_API_URL"] = SIM_API_URL
-    os.environ["ZEROGPU_OFFLOAD_DIR"] = offload_dir or str(Path(tempfile.mkdtemp(prefix="zerogpu-sim-")) / "tensors")
+    if offload_dir is None:
+        scratch = tempfile.mkdtemp(prefix="zerogpu-sim-")
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)  # forked workers never run atexit
+        offload_dir = str(Path(scratch) / "tensors")
+    os.environ["ZEROGPU_OFFLOAD_DIR"] = offload_dir
     import torch
 
     real_cuda_version = torch.version.cuda
