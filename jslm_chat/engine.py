@@ -95,8 +95,9 @@ class InProcessReply(ReplyStream):
             if isinstance(record, Finished):
                 self._finish(record)
                 return
-            self._count_tokens(record.new_tokens - self.new_tokens)
-            yield record.text
+            if record.text:
+                self._count_tokens(record.new_tokens - self.new_tokens)
+                yield record.text
             if self.stopped:
                 self.finish_reason = "stopped"
                 return

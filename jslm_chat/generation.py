@@ -84,6 +84,9 @@ def generate_reply(
 ) -> Iterator[Progress | Finished]:
     """Yield :class:`Progress` records while the reply grows, then one :class:`Finished` record.
 
+    A record with empty text comes at least every ``QUEUE_POLL_SECONDS`` while nothing new arrives
+    (prefill, a character still incomplete), so that a consumer can stop without waiting.
+
     Setting ``stop`` (or closing this generator) ends the generation within one decoding step or
     one prefill chunk; the thread is joined before this generator finishes.
     """
@@ -139,6 +142,8 @@ class _Generation:
             except queue.Empty:
                 if not self.thread.is_alive() and pending.empty():
                     return
+                # A heartbeat: on ZeroGPU the worker sees a close only when this generator yields.
+                yield Progress("", self.counter.steps)
                 continue
             while parts[-1] is not end:
                 try:

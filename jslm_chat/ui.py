@@ -208,9 +208,15 @@ def _wire_extras(
         chatbot.like(handlers.vote, [chatbot, comment, *controls], comment, **instant)
 
 
+GRADIO_QUEUE_SIZE = 1024  # events waiting for a worker thread; replies wait in ChatService's own line
+
+
 def configure_queue(app: gr.Blocks) -> gr.Blocks:
-    """Gradio's queue (needed for streaming), unbounded: ChatService's admission bounds generation."""
-    return app.queue(default_concurrency_limit=None, max_size=None)
+    """Gradio's queue (needed for streaming); ChatService's admission bounds generation.
+
+    The size is explicit: on ZeroGPU, Gradio turns ``max_size=None`` into 1.
+    """
+    return app.queue(default_concurrency_limit=None, max_size=GRADIO_QUEUE_SIZE)
 
 
 def launch_options(service: ChatService) -> dict[str, Any]:

@@ -52,7 +52,7 @@ def test_history_pairs_user_and_assistant_messages():
     ],
 )
 def test_malformed_or_oversized_history_is_a_clear_bilingual_error(history):
-    with pytest.raises(ChatInputError, match="history|メッセージの内容") as caught:
+    with pytest.raises(ChatInputError, match=r"history|メッセージの内容") as caught:
         history_to_turns(history)
     assert " / " in str(caught.value)
 
@@ -79,7 +79,7 @@ def test_bad_settings_are_refused_where_they_arrive(service):
         service.request("こんにちは", [], {**SETTINGS, "max_new_tokens": 10_000})
     with pytest.raises(InvalidParameterError, match="seed"):
         service.request("こんにちは", [], {**SETTINGS, "seed": "lucky"})
-    with pytest.raises(InvalidParameterError, match="system_prompt .*長すぎます.* / system_prompt is too long"):
+    with pytest.raises(InvalidParameterError, match=r"system_prompt .*長すぎます.* / system_prompt is too long"):
         service.request("こんにちは", [], {**SETTINGS, "system_prompt": "長" * 200_000})
     with pytest.raises(ChatInputError, match="message is too long"):
         service.request("長" * 200_000, [], SETTINGS)
@@ -95,7 +95,7 @@ def test_unpaired_surrogates_are_a_clear_error_not_a_crash(service, field):
         values["history"] = [{"role": "user", "content": "一\ud800"}]
     settings = {**SETTINGS, "system_prompt": values["system_prompt"]}
     request = service.request(values["message"], values["history"], settings)
-    with pytest.raises(PromptInputError, match="サロゲート.* / .*unpaired surrogates"):
+    with pytest.raises(PromptInputError, match=r"サロゲート.* / .*unpaired surrogates"):
         service.prompt(request)
 
 
