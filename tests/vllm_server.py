@@ -41,7 +41,7 @@ CREATE_HINT = (
 def vllm_python() -> Path:
     """The python of vLLM's environment: ``$JSLM_VLLM_PYTHON`` or ``.venv-vllm/bin/python``."""
     configured = os.environ.get("JSLM_VLLM_PYTHON")
-    return Path(configured).expanduser() if configured else DEFAULT_VLLM_PYTHON
+    return REPO_ROOT / Path(configured).expanduser() if configured else DEFAULT_VLLM_PYTHON  # relative: to the repo
 
 
 def require_vllm_python() -> Path:
