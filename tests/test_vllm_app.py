@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 
@@ -49,7 +50,7 @@ def test_prompt_is_identical_for_both_backends(vllm_app, demo_engine):
 def test_chat_streams_and_the_same_seed_reproduces(vllm_app):
     client = Client(vllm_app[0], verbose=False)
     chunks = list(client.submit("京都について教えて", HISTORY, max_new_tokens=40, seed=5, api_name="/chat"))
-    assert len(chunks) > 1 and all(later.startswith(earlier) for earlier, later in zip(chunks, chunks[1:]))
+    assert len(chunks) > 1 and all(later.startswith(earlier) for earlier, later in itertools.pairwise(chunks))
     again = list(client.submit("京都について教えて", HISTORY, max_new_tokens=40, seed=5, api_name="/chat"))
     assert again[-1] == chunks[-1]
     assert not generation_threads()  # nothing ran in this process
