@@ -43,6 +43,15 @@ def threads(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 
 
+def settled_threads(pid: int, seconds: float = 30) -> int:
+    """The server's thread count once idle worker threads have exited (anyio retires them after 10 s)."""
+    deadline, count = time.monotonic() + seconds, threads(pid)
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        count = threads(pid)
+    return count
+
+
 def temp_entries(gradio_temp: Path) -> int:
     """Entries in the system temp folder plus files under Gradio's cache folder."""
     system = len(os.listdir(tempfile.gettempdir()))
@@ -98,27 +107,28 @@ def main() -> None:
             clients = [Client(url, verbose=False) for _ in range(args.clients)]
 
             def one(index: int) -> bool:
-                reply = clients[index % len(clients)].predict(
+                clients[index % len(clients)].predict(
                     f"質問 {index}", [], max_new_tokens=8, seed=index, api_name="/chat"
                 )
-                return bool(reply)
+                return True  # an error would raise
 
             started = time.monotonic()
             warmup = args.requests // 10
             with ThreadPoolExecutor(max_workers=16) as pool:
                 done = sum(pool.map(one, range(warmup)))
-                rss_early = rss_mib(server.pid)
+                rss_early, threads_early = rss_mib(server.pid), settled_threads(server.pid)
                 browsers = [pool.submit(browser_turns, url, 5) for _ in range(2)]
                 done += sum(pool.map(one, range(warmup, args.requests)))
                 for browser in browsers:
                     browser.result()
             seconds = time.monotonic() - started
-            time.sleep(3)  # let finished requests' threads wind down
+            threads_late = settled_threads(server.pid)
             rss_late = rss_mib(server.pid)
             print(f"{done} of {args.requests} API requests answered in {seconds:.0f} s, plus 2 browsers × 5 turns")
             print(f"server RSS after {warmup} requests: {rss_early:.0f} MiB; after all: {rss_late:.0f} MiB")
             print(f"  change: {100 * (rss_late - rss_early) / rss_early:+.1f}%")
-            print(f"server threads: {baseline_threads} before, {threads(server.pid)} after")
+            print(f"server threads, idle: {baseline_threads} at start, {threads_early} after {warmup} requests,")
+            print(f"  {threads_late} after all")
             print(f"temp files: {baseline_files} before, {temp_entries(temp)} after")
         finally:
             server.terminate()
