@@ -2,8 +2,8 @@
 
     python bench/bench_engine.py
 
-Prints figures; asserts nothing. Replies are forced to their full length (EOS suppressed) so
-that every run measures the same number of tokens.
+Prints figures; asserts nothing. Replies run to their full length (``ignore_eos``) so that every
+run measures the same number of tokens. KV-cache reuse across turns: ``bench_inprocess.py``.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jslm_chat import engine as engine_module
-from jslm_chat.engine import Conversation, Engine
+from jslm_chat.backend import Backend, Conversation
 from jslm_chat.params import GenerationParams
 from jslm_chat.prompt import Turn
 from jslm_chat.server import load_for
@@ -27,18 +26,7 @@ SYSTEM = "あなたは役立つアシスタントです。"
 RUNS = 3
 
 
-def force_full_length() -> None:
-    original = engine_module._generation_config
-
-    def full_length(engine: Engine, params: GenerationParams) -> object:
-        config = original(engine, params)
-        config.min_new_tokens = config.max_new_tokens
-        return config
-
-    engine_module._generation_config = full_length  # type: ignore[assignment]
-
-
-def speed(engine: Engine, tokens: int) -> tuple[float, float]:
+def speed(engine: Backend, tokens: int) -> tuple[float, float]:
     """Median time to first token (s) and decoding speed (tokens/s) over RUNS replies."""
     firsts, speeds = [], []
     for seed in range(RUNS):
@@ -50,7 +38,7 @@ def speed(engine: Engine, tokens: int) -> tuple[float, float]:
     return statistics.median(firsts), statistics.median(speeds)
 
 
-def stop_latency(engine: Engine) -> float:
+def stop_latency(engine: Backend) -> float:
     """Median seconds from closing a running reply to its generation thread being gone."""
     latencies = []
     for seed in range(RUNS):
@@ -66,7 +54,7 @@ def stop_latency(engine: Engine) -> float:
     return statistics.median(latencies)
 
 
-def prompt_building(engine: Engine, turns: int) -> tuple[float, int, int]:
+def prompt_building(engine: Backend, turns: int) -> tuple[float, int, int]:
     """Median ms to build a prompt from ``turns`` long turns with a 512-token reply budget."""
     history = [
         Turn(f"質問{i}：" + "日本の文化について。" * 10, f"回答{i}：" + "とても奥が深いです。" * 10)
@@ -81,15 +69,14 @@ def prompt_building(engine: Engine, turns: int) -> tuple[float, int, int]:
 
 
 def params(max_new_tokens: int, seed: int) -> GenerationParams:
-    return GenerationParams(max_new_tokens, 0.7, 0.95, 50, 1.1, seed)
+    return GenerationParams(max_new_tokens, 0.7, 0.95, 50, 1.1, seed, ignore_eos=True)
 
 
 def main() -> None:
     started = time.perf_counter()
     engine = load_for(Settings(demo=True))
     seconds = time.perf_counter() - started
-    print(f"demo model loaded in {seconds:.1f} s ({engine.placement.device_label}, {engine.dtype_label})")
-    force_full_length()
+    print(f"demo model loaded in {seconds:.1f} s ({engine.runs_on})")
     for tokens in (64, 512):
         first, tokens_per_second = speed(engine, tokens)
         print(

@@ -103,7 +103,8 @@ class InProcessReply(ReplyStream):
                 return
 
     def _finish(self, record: Finished) -> None:
-        self.new_tokens = max(self.new_tokens, record.new_tokens)
+        if record.new_tokens > self.new_tokens:  # tokens that added no text (the EOS, say) end now
+            self._count_tokens(record.new_tokens - self.new_tokens)
         self.reused_tokens = record.reused_tokens
         if record.error is not None:
             raise GenerationError(record.error)

@@ -1,0 +1,27 @@
+"""bench/bench_gpu.py cannot rot: its tiny configuration runs on the CPU and prints its whole table."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_gpu_benchmark_runs_on_the_cpu_with_a_tiny_config():
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_gpu.py"), "--small", "--device", "cpu"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "memory bandwidth: 4.8e+12 B/s (the default: H200)" in out
+    for path in ("memory-bandwidth bound", "bare generate()", "+ stop criterion", "+ streamer", "backend.stream()"):
+        assert re.search(rf"^  {re.escape(path)} +\d+\.\d", out, re.MULTILINE), path
+    rows = re.findall(r"^ +(\d+) +(\d+) +(\d+\.\d) +(\d+\.\d)$", out, re.MULTILINE)
+    assert [round(int(prompt), -2) for prompt, *_ in rows] == [500, 2000, 3500]  # about 512, 2,048, 3,500
+    assert all(int(prompt) - 40 < int(reused) < int(prompt) for prompt, reused, *_ in rows)
