@@ -26,6 +26,21 @@ LATEX_DELIMITERS = [
     {"left": "\\(", "right": "\\)", "display": False},
     {"left": "$", "right": "$", "display": False},
 ]
+HTML_SHOWN_AS_TEXT = (
+    *("script", "style", "iframe", "frame", "frameset", "object", "embed", "applet", "portal", "noscript"),
+    *("noembed", "noframes", "template", "slot", "base", "link", "meta", "head", "body", "html", "title"),
+    *("form", "textarea", "select", "option", "optgroup", "label", "fieldset", "legend", "datalist", "output"),
+    *("img", "image", "picture", "video", "audio", "source", "track", "canvas", "map", "area", "math", "param"),
+    *("dialog", "details", "summary", "marquee", "blink", "font", "center", "xmp", "plaintext", "listing"),
+    *("b", "i", "u", "s", "sub", "sup", "small", "big", "mark", "abbr", "cite", "q", "kbd", "samp", "var"),
+    *("time", "ins", "dfn", "bdi", "bdo", "ruby", "rt", "rp", "wbr", "nav", "header", "footer", "main"),
+    *("section", "article", "aside", "address", "figure", "figcaption", "hgroup", "menu", "dl", "dt", "dd"),
+    *("caption", "col", "colgroup", "tfoot", "meter", "progress", "search", "strike", "tt", "nobr"),
+)
+"""HTML tags in a message that the chat shows as text (Gradio's ``allow_tags`` escapes these in the rendered
+message). Every tag that Markdown rendering itself never produces is listed, and ``img`` too (a Markdown image
+then shows as its HTML). The few tags Markdown does produce (p, a, div, span, code, table...) stay HTML,
+cleaned by Gradio's sanitizer: nothing in a message ever runs."""
 DOWNLOAD_JS = """(text, name) => {
   const link = document.createElement("a");
   link.href = URL.createObjectURL(new Blob([text], {type: "text/plain;charset=utf-8"}));
@@ -114,6 +129,7 @@ def build_ui(service: ChatService, *, demo_mode: bool = False, feedback: Feedbac
             layout="bubble",
             editable="user",
             latex_delimiters=LATEX_DELIMITERS,
+            allow_tags=list(HTML_SHOWN_AS_TEXT),
             feedback_options=("Like", "Dislike") if feedback else None,
         )
         with gr.Row(equal_height=True):
