@@ -14,4 +14,13 @@
     },
     true,
   );
+  // On a phone the side panel covers the whole screen: start with it closed there.
+  if (window.matchMedia("(max-width: 768px)").matches) {
+    const closeSidebar = (tries) => {
+      const toggle = document.querySelector("#jslm-sidebar.open .toggle-button");
+      if (toggle) toggle.click();
+      else if (tries > 0) setTimeout(() => closeSidebar(tries - 1), 100);
+    };
+    closeSidebar(50);
+  }
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,8 @@ from .api import register_api
 from .chat import ChatService
 from .feedback import FeedbackLog
 from .params import SHOWN_SETTINGS, Setting
+from .saved import empty_store
+from .ui_conversations import ConversationHandlers
 from .ui_handlers import ChatHandlers
 from .ui_text import TRANSLATIONS, header_html
 
@@ -23,6 +26,21 @@ LATEX_DELIMITERS = [
     {"left": "\\(", "right": "\\)", "display": False},
     {"left": "$", "right": "$", "display": False},
 ]
+HTML_SHOWN_AS_TEXT = (
+    *("script", "style", "iframe", "frame", "frameset", "object", "embed", "applet", "portal", "noscript"),
+    *("noembed", "noframes", "template", "slot", "base", "link", "meta", "head", "body", "html", "title"),
+    *("form", "textarea", "select", "option", "optgroup", "label", "fieldset", "legend", "datalist", "output"),
+    *("img", "image", "picture", "video", "audio", "source", "track", "canvas", "map", "area", "math", "param"),
+    *("dialog", "details", "summary", "marquee", "blink", "font", "center", "xmp", "plaintext", "listing"),
+    *("b", "i", "u", "s", "sub", "sup", "small", "big", "mark", "abbr", "cite", "q", "kbd", "samp", "var"),
+    *("time", "ins", "dfn", "bdi", "bdo", "ruby", "rt", "rp", "wbr", "nav", "header", "footer", "main"),
+    *("section", "article", "aside", "address", "figure", "figcaption", "hgroup", "menu", "dl", "dt", "dd"),
+    *("caption", "col", "colgroup", "tfoot", "meter", "progress", "search", "strike", "tt", "nobr"),
+)
+"""HTML tags in a message that the chat shows as text (Gradio's ``allow_tags`` escapes these in the rendered
+message). Every tag that Markdown rendering itself never produces is listed, and ``img`` too (a Markdown image
+then shows as its HTML). The few tags Markdown does produce (p, a, div, span, code, table...) stay HTML,
+cleaned by Gradio's sanitizer: nothing in a message ever runs."""
 DOWNLOAD_JS = """(text, name) => {
   const link = document.createElement("a");
   link.href = URL.createObjectURL(new Blob([text], {type: "text/plain;charset=utf-8"}));
@@ -31,6 +49,11 @@ DOWNLOAD_JS = """(text, name) => {
   link.click();
   setTimeout(() => { URL.revokeObjectURL(link.href); link.remove(); }, 1000);
 }"""
+
+STORAGE_KEY = "jslm-chat-conversations"
+STORAGE_SECRET = "jslm-chat"  # Gradio encrypts the stored value with this key. The key is
+# sent to the browser anyway (it is no secret); a fixed one keeps saved conversations readable after a
+# server restart, which Gradio's default (a random key per start) would lose.
 
 i18n = gr.I18n(**TRANSLATIONS)
 
@@ -53,13 +76,42 @@ def setting_control(spec: Setting, value: Any, max_new_tokens_limit: int) -> gr.
     return gr.Slider(spec.low, high, value, step=spec.step, **common)
 
 
+@dataclass
+class Widgets:
+    """The components that events read and update."""
+
+    chatbot: gr.Chatbot
+    textbox: gr.Textbox
+    send: gr.Button
+    status: gr.Markdown
+    generating: gr.State
+    controls: list[Any]
+    buttons: dict[str, gr.Button]
+    store: gr.BrowserState
+    current: gr.State
+    listing: gr.Radio
+    title: gr.Textbox
+
+    @property
+    def panel(self) -> list[Any]:
+        """What every side-panel event updates: stored value, open conversation, list, title."""
+        return [self.store, self.current, self.listing, self.title]
+
+    @property
+    def emptied(self) -> list[Any]:
+        """What starting an empty conversation resets: chat, status, Continue, the sending flag."""
+        return [self.chatbot, self.status, self.buttons["continue"], self.generating, self.send]
+
+
 def build_ui(service: ChatService, *, demo_mode: bool = False, feedback: FeedbackLog | None = None) -> gr.Blocks:
-    """The chat app: chat, settings, examples, status line, export, votes, and the ``/chat``, ``/prompt`` API."""
+    """The chat app: side panel of saved conversations, chat, settings, examples, status line, export,
+    votes, and the ``/chat``, ``/prompt`` API."""
     handlers = ChatHandlers(service, feedback)
     backend = service.backend
-    defaults = backend.preset.default_settings()
     with gr.Blocks(title="日本語 StableLM チャット / Japanese StableLM Chat") as app:
-        generating = gr.State(False)
+        store = gr.BrowserState(empty_store(), storage_key=STORAGE_KEY, secret=STORAGE_SECRET)
+        current = gr.State(None)
+        listing, title, side_buttons = _sidebar()
         logo = (ASSETS / "logo.svg").read_text(encoding="utf-8")
         model_name = backend.preset.display_name
         gr.HTML(
@@ -77,6 +129,7 @@ def build_ui(service: ChatService, *, demo_mode: bool = False, feedback: Feedbac
             layout="bubble",
             editable="user",
             latex_delimiters=LATEX_DELIMITERS,
+            allow_tags=list(HTML_SHOWN_AS_TEXT),
             feedback_options=("Like", "Dislike") if feedback else None,
         )
         with gr.Row(equal_height=True):
@@ -93,98 +146,123 @@ def build_ui(service: ChatService, *, demo_mode: bool = False, feedback: Feedbac
             send = gr.Button(i18n("jslm_send"), variant="primary", scale=1, min_width=90, elem_id="jslm-send")
         with gr.Row(elem_id="jslm-actions"):  # one row, phones included
             action = {"size": "sm", "min_width": 64}
-            stop_button = gr.Button(i18n("jslm_stop"), variant="stop", elem_id="jslm-stop", **action)
-            retry_button = gr.Button(i18n("jslm_retry"), elem_id="jslm-retry", **action)
-            undo_button = gr.Button(i18n("jslm_undo"), elem_id="jslm-undo", **action)
-            clear = gr.Button(i18n("jslm_clear"), elem_id="jslm-clear", **action)
-        continue_button = gr.Button(i18n("jslm_continue"), visible=False, size="sm", elem_id="jslm-continue")
+            buttons = {
+                name: gr.Button(i18n("jslm_" + name), variant=variant, elem_id="jslm-" + name, **action)
+                for name, variant in ACTIONS.items()
+            }
+        buttons["continue"] = gr.Button(i18n("jslm_continue"), visible=False, size="sm", elem_id="jslm-continue")
         status = gr.Markdown("", elem_id="jslm-status")
         comment = gr.Textbox(
             label=i18n("jslm_feedback_comment"), visible=feedback is not None, max_length=2000, elem_id="jslm-comment"
         )
         with gr.Accordion(i18n("jslm_settings"), open=False, elem_id="jslm-settings"):
+            defaults = backend.preset.default_settings()
             controls = [
                 setting_control(spec, defaults[spec.name], service.max_new_tokens_limit) for spec in SHOWN_SETTINGS
             ]
-            reset = gr.Button(i18n("jslm_reset"), size="sm")
+            buttons["reset"] = gr.Button(i18n("jslm_reset"), size="sm")
         gr.Examples(load_examples(), inputs=[textbox], label=i18n("jslm_examples"), cache_examples=False)
         with gr.Row():
             export_json = gr.Button(i18n("jslm_export_json"), size="sm", elem_id="jslm-export-json")
             export_markdown = gr.Button(i18n("jslm_export_markdown"), size="sm", elem_id="jslm-export-md")
             exported = gr.Textbox(visible="hidden", elem_id="jslm-exported")
-        _wire(
-            handlers,
-            chatbot=chatbot,
-            textbox=textbox,
-            send=send,
-            status=status,
-            generating=generating,
-            controls=controls,
-            buttons={
-                "stop": stop_button,
-                "retry": retry_button,
-                "undo": undo_button,
-                "clear": clear,
-                "continue": continue_button,
-                "reset": reset,
-            },
-        )
+        buttons.update(side_buttons)
+        generating = gr.State(False)
+        widgets = Widgets(chatbot, textbox, send, status, generating, controls, buttons, store, current, listing, title)
+        conversations = ConversationHandlers(service)
+        reply_events = _wire(handlers, conversations, widgets)
+        _wire_conversations(app, conversations, widgets, reply_events)
         _wire_extras(handlers, chatbot, controls, comment, (export_json, export_markdown, exported))
         register_api(service)
     return app
 
 
-def _wire(
-    handlers: ChatHandlers,
-    *,
-    chatbot: gr.Chatbot,
-    textbox: gr.Textbox,
-    send: gr.Button,
-    status: gr.Markdown,
-    generating: gr.State,
-    controls: list[Any],
-    buttons: dict[str, gr.Button],
-) -> None:
-    """Send, stream, Stop, Retry, Continue, edit, Undo, Clear and Reset."""
-    instant: dict[str, Any] = {"queue": False, "api_visibility": "private"}
-    streamed = [chatbot, textbox, status, buttons["continue"]]
-    allow_sending = [generating, send]
+ACTIONS: dict[str, Any] = {"stop": "stop", "retry": "secondary", "undo": "secondary", "clear": "secondary"}
+
+
+def _sidebar() -> tuple[gr.Radio, gr.Textbox, dict[str, gr.Button]]:
+    """The side panel: new chat, this browser's conversations, rename and delete."""
+    with gr.Sidebar(label=i18n("jslm_conversations"), elem_id="jslm-sidebar", width=280):
+        new_chat = gr.Button(i18n("jslm_new_chat"), variant="primary", size="sm", elem_id="jslm-new-chat")
+        listing = gr.Radio([], value=None, label=i18n("jslm_conversations"), elem_id="jslm-conversations")
+        title = gr.Textbox(label=i18n("jslm_title"), max_length=200, elem_id="jslm-title")
+        with gr.Row():
+            rename = gr.Button(i18n("jslm_rename"), size="sm", min_width=64, elem_id="jslm-rename")
+            delete = gr.Button(i18n("jslm_delete"), size="sm", min_width=64, variant="stop", elem_id="jslm-delete")
+        gr.Markdown(i18n("jslm_saved_note"), elem_id="jslm-saved-note")
+    return listing, title, {"new_chat": new_chat, "rename": rename, "delete": delete}
+
+
+INSTANT: dict[str, Any] = {"queue": False, "api_visibility": "private"}
+
+
+def _wire(handlers: ChatHandlers, conversations: ConversationHandlers, w: Widgets) -> list[Any]:
+    """Send, stream, Stop, Retry, Continue, edit, Undo and Reset; every change is saved in the browser.
+
+    Returns the reply events (which Clear, Undo, edit and the side panel cancel).
+    """
+    streamed = [w.chatbot, w.textbox, w.status, w.buttons["continue"]]
+    allow_sending = [w.generating, w.send]
+    saving = ([w.store, w.current, w.chatbot, *w.controls], w.panel)
 
     def then(event: Any, reply: Any) -> Any:
-        """Generate after ``event`` succeeded; when done (or failed), allow sending again."""
-        reply_event = event.success(
+        """Save, then generate after ``event`` succeeded; when done (or failed), allow sending and save."""
+        reply_event = event.success(conversations.save, *saving, **INSTANT).then(
             reply,
-            [chatbot, *controls],
+            [w.chatbot, *w.controls],
             streamed,
             concurrency_limit=None,  # ChatService's admission decides who generates when
             api_visibility="private",
             show_progress="minimal",
         )
-        reply_event.then(handlers.finish, None, allow_sending, **instant)
+        reply_event.then(handlers.finish, None, allow_sending, **INSTANT).then(conversations.save, *saving, **INSTANT)
         return reply_event
 
-    submitted = ([textbox, chatbot, generating], [textbox, chatbot, *allow_sending])
+    submitted = ([w.textbox, w.chatbot, w.generating], [w.textbox, w.chatbot, *allow_sending])
+    retried = ([w.chatbot, w.generating], [w.chatbot, *allow_sending])
     reply_events = [
-        then(textbox.submit(handlers.submit, *submitted, **instant), handlers.respond),
-        then(send.click(handlers.submit, *submitted, **instant), handlers.respond),
+        then(w.textbox.submit(handlers.submit, *submitted, **INSTANT), handlers.respond),
+        then(w.send.click(handlers.submit, *submitted, **INSTANT), handlers.respond),
+        then(w.buttons["retry"].click(handlers.retry, *retried, **INSTANT), handlers.respond),
         then(
-            buttons["retry"].click(handlers.retry, [chatbot, generating], [chatbot, *allow_sending], **instant),
-            handlers.respond,
-        ),
-        then(
-            buttons["continue"].click(handlers.start_continue, [chatbot, generating], allow_sending, **instant),
+            w.buttons["continue"].click(handlers.start_continue, [w.chatbot, w.generating], allow_sending, **INSTANT),
             handlers.continue_reply,
         ),
-        then(chatbot.edit(handlers.edit, [chatbot], [chatbot, *allow_sending], **instant), handlers.respond),
     ]
-    buttons["stop"].click(handlers.stop, None, None, **instant)
-    buttons["undo"].click(handlers.undo, [chatbot], [chatbot, textbox], **instant).then(
-        handlers.finish, None, allow_sending, **instant
+    w.chatbot.edit(None, None, None, cancels=list(reply_events), **INSTANT)  # the edited reply's updates stop
+    edited = w.chatbot.edit(handlers.edit, [w.chatbot], [w.chatbot, *allow_sending], **INSTANT)
+    reply_events.append(then(edited, handlers.respond))
+    w.buttons["stop"].click(handlers.stop, None, None, **INSTANT)
+    undone = w.buttons["undo"].click(
+        handlers.undo, [w.chatbot], [w.chatbot, w.textbox], cancels=reply_events, **INSTANT
     )
-    cleared = [chatbot, status, *allow_sending, buttons["continue"]]
-    for clearing in (buttons["clear"].click, chatbot.clear):  # our button and the chatbot's own trash icon
-        clearing(handlers.clear, None, cleared, cancels=reply_events, **instant)
-    buttons["reset"].click(handlers.default_settings, None, controls, **instant)
+    undone.then(handlers.finish, None, allow_sending, **INSTANT).then(conversations.save, *saving, **INSTANT)
+    w.buttons["reset"].click(handlers.default_settings, None, w.controls, **INSTANT)
+    return reply_events
+
+
+def _wire_conversations(
+    app: gr.Blocks, conversations: ConversationHandlers, w: Widgets, reply_events: list[Any]
+) -> None:
+    """The side panel: restore on load, new chat (also Clear), switch, rename, delete; settings saved on change."""
+    app.load(conversations.load, [w.store], [*w.panel, w.chatbot, *w.controls], api_visibility="private")
+    leaving = [w.store, w.current, w.chatbot, *w.controls]
+    for starting in (w.buttons["new_chat"].click, w.buttons["clear"].click, w.chatbot.clear):
+        starting(conversations.new_chat, leaving, [*w.panel, *w.emptied], cancels=reply_events, **INSTANT)
+    w.listing.input(
+        conversations.open,
+        [w.store, w.listing, *leaving[1:]],
+        [*w.panel, *w.emptied, *w.controls],
+        cancels=reply_events,
+        **INSTANT,
+    )
+    for renaming in (w.buttons["rename"].click, w.title.submit):
+        renaming(conversations.rename, [w.store, w.current, w.title], [w.store, w.listing, w.title], **INSTANT)
+    w.buttons["delete"].click(
+        conversations.delete, [w.store, w.current], [*w.panel, *w.emptied], cancels=reply_events, **INSTANT
+    )
+    changed = [control.release if isinstance(control, gr.Slider) else control.blur for control in w.controls]
+    gr.on(changed, conversations.save, leaving, w.panel, **INSTANT)
 
 
 def _wire_extras(
@@ -195,7 +273,7 @@ def _wire_extras(
     exports: tuple[gr.Button, gr.Button, gr.Textbox],
 ) -> None:
     """Downloads (made in the browser from text: no file is written on the server) and votes."""
-    instant: dict[str, Any] = {"queue": False, "api_visibility": "private"}
+    instant = INSTANT
     export_json, export_markdown, exported = exports
     for button, make, name in (
         (export_json, handlers.export_json, "conversation.json"),

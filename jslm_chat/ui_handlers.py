@@ -1,4 +1,4 @@
-"""What the browser UI's events do: send, stream, stop, retry, continue, edit, undo, clear, export, vote.
+"""What the browser UI's events do: send, stream, stop, retry, continue, edit, undo, export, vote.
 
 :class:`ChatHandlers` holds no Gradio layout: ``ui.py`` wires its methods to components, and the
 tests drive them directly. Every reply goes through :class:`~jslm_chat.chat.ChatService`.
@@ -7,7 +7,7 @@ Settings arrive as the values of the controls in :data:`~jslm_chat.params.SHOWN_
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import gradio as gr
@@ -41,6 +41,16 @@ def sending_allowed(generating: bool) -> tuple[bool, gr.Button]:
     return generating, gr.Button(interactive=not generating)
 
 
+def settings_by_name(values: Sequence[object]) -> dict[str, object]:
+    """The controls' values (in :data:`SHOWN_SETTINGS` order) by setting name."""
+    return {spec.name: value for spec, value in zip(SHOWN_SETTINGS, values, strict=True)}
+
+
+def control_values(settings: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The controls' values for ``settings`` (by name); an empty seed box means random."""
+    return tuple("" if settings[spec.name] is None else settings[spec.name] for spec in SHOWN_SETTINGS)
+
+
 def _trim_to_last_user_message(history: Sequence[Message]) -> History:
     trimmed = list(history)
     while trimmed and trimmed[-1].get("role") != "user":
@@ -55,14 +65,9 @@ class ChatHandlers:
         self.service = service
         self.feedback = feedback
 
-    def settings(self, values: Sequence[object]) -> dict[str, object]:
-        """The controls' values by setting name."""
-        return {spec.name: value for spec, value in zip(SHOWN_SETTINGS, values, strict=True)}
-
     def default_settings(self) -> tuple[Any, ...]:
-        """Every control's starting value (the reset button); an empty seed box means random."""
-        defaults = self.service.backend.preset.default_settings()
-        return tuple("" if defaults[spec.name] is None else defaults[spec.name] for spec in SHOWN_SETTINGS)
+        """Every control's starting value (the reset button)."""
+        return control_values(self.service.backend.preset.default_settings())
 
     def submit(self, message: str, history: History, generating: bool) -> tuple[Any, ...]:
         """Move a non-empty message from the textbox into the chat (the reply follows)."""
@@ -95,7 +100,7 @@ class ChatHandlers:
         shown = past if continue_reply else [*past, {"role": "user", "content": message}]
         before = _trim_to_last_user_message(past) if continue_reply else shown
         try:
-            chat_request = service.request(message, past, self.settings(values), continue_reply=continue_reply)
+            chat_request = service.request(message, past, settings_by_name(values), continue_reply=continue_reply)
             job = service.start(chat_request, session)
             if job.reply.prompt.dropped_turns:
                 gr.Info(dropped_notice(job.reply.prompt.dropped_turns))
@@ -154,15 +159,10 @@ class ChatHandlers:
         last = trimmed.pop()
         return trimmed, content_text(last.get("content"))
 
-    def clear(self, request: gr.Request) -> tuple[Any, ...]:
-        """Stop any reply and start over."""
-        self.service.stop(request.session_hash)
-        return [], "", *sending_allowed(False), gr.Button(visible=False)
-
     def export_metadata(self, values: Sequence[Any]) -> dict[str, Any]:
         """The model, where it runs, and the settings: what a saved conversation carries."""
         backend = self.service.backend
-        return {"model": backend.preset.model_id, "runs_on": backend.runs_on, **self.settings(values)}
+        return {"model": backend.preset.model_id, "runs_on": backend.runs_on, **settings_by_name(values)}
 
     def export_json(self, history: History, *values: Any) -> str:
         """The conversation as JSON text (downloaded by the browser; nothing is written on the server)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 
 from .backend import ReplyStream
+from .saved import MAX_SAVED_CONVERSATIONS
 
 JA: dict[str, str] = {
     "jslm_chat_placeholder": "ここに会話が表示されます。下の入力欄からどうぞ。",
@@ -44,6 +45,15 @@ JA: dict[str, str] = {
     "jslm_feedback_comment": "評価へのコメント（任意。👍/👎 と一緒に送られます）",
     "jslm_export_json": "JSON で保存",
     "jslm_export_markdown": "Markdown で保存",
+    "jslm_new_chat": "新しい会話",
+    "jslm_conversations": "会話の履歴",
+    "jslm_title": "タイトル",
+    "jslm_rename": "名前を変更",
+    "jslm_delete": "削除",
+    "jslm_saved_note": (
+        f"会話はこのブラウザの中にだけ保存されます（新しい順に {MAX_SAVED_CONVERSATIONS} 件まで）。"
+        "サーバーには残りません。"
+    ),
     "jslm_demo_banner": (
         "これは動作確認用の小さなデモモデル（数 MB、オフラインで学習）です。"
         "返答の内容に意味はありません。本物のモデルは --demo なしで起動してください。"
@@ -82,6 +92,14 @@ EN: dict[str, str] = {
     "jslm_feedback_comment": "Comment on your rating (optional; sent with 👍/👎)",
     "jslm_export_json": "Save as JSON",
     "jslm_export_markdown": "Save as Markdown",
+    "jslm_new_chat": "New chat",
+    "jslm_conversations": "Conversations",
+    "jslm_title": "Title",
+    "jslm_rename": "Rename",
+    "jslm_delete": "Delete",
+    "jslm_saved_note": (
+        f"Conversations are saved in this browser only (the {MAX_SAVED_CONVERSATIONS} newest), never on the server."
+    ),
     "jslm_demo_banner": (
         "This is a tiny demo model (a few MB, trained offline) for trying the app: its replies mean "
         "nothing. Start without --demo to serve the real model."
@@ -151,4 +169,12 @@ def dropped_notice(dropped: int) -> str:
     return (
         f"古いやり取り {dropped} ターン分がコンテキストに入りきらないため、モデルには送っていません。"
         f" / {dropped} old turn(s) no longer fit the context window and were left out."
+    )
+
+
+def dropped_saved_notice(dropped: int) -> str:
+    """What the user is told when conversations saved in the browser held unreadable data."""
+    return (
+        f"このブラウザに保存された会話のうち、読み取れないデータ {dropped} 件を破棄しました。"
+        f" / {dropped} unreadable item(s) in the conversations saved in this browser were dropped."
     )
