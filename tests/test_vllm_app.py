@@ -1,0 +1,77 @@
+"""The app with ``--backend vllm`` in front of a real vLLM server (demo model): same prompts, real abort."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+
+import pytest
+import vllm_server as servers
+from conftest import generation_threads, launch_app, wait_until
+from gradio_client import Client
+
+from jslm_chat.server import load_for
+from jslm_chat.settings import Settings
+from jslm_chat.vllm_backend import VllmBackend
+
+vllm_server = servers.vllm_server
+HISTORY = [{"role": "user", "content": "こんにちは"}, {"role": "assistant", "content": "こんにちは！"}]
+
+
+@pytest.fixture(scope="module")
+def vllm_app(vllm_server):
+    backend = load_for(Settings(demo=True, backend="vllm", vllm_url=vllm_server.url))
+    assert isinstance(backend, VllmBackend)
+    app, url, service = launch_app(backend)
+    yield url, service
+    app.close()
+
+
+def test_the_app_picks_vllm_with_its_own_concurrency_and_window(vllm_app):
+    _, service = vllm_app
+    assert service.admission.slots == VllmBackend.default_concurrency
+    assert "vLLM" in service.backend.runs_on
+    assert service.backend.context_length == 2048  # the server's max_model_len
+
+
+def test_prompt_is_identical_for_both_backends(vllm_app, demo_engine):
+    url, _ = vllm_app
+    app, local_url, _ = launch_app(demo_engine)
+    try:
+        args = ("京都について教えて", HISTORY, "丁寧に", 64)
+        local = Client(local_url, verbose=False).predict(*args, api_name="/prompt")
+    finally:
+        app.close()
+    remote = Client(url, verbose=False).predict(*args, api_name="/prompt")
+    assert remote == local
+
+
+def test_chat_streams_and_the_same_seed_reproduces(vllm_app):
+    client = Client(vllm_app[0], verbose=False)
+    chunks = list(client.submit("京都について教えて", HISTORY, max_new_tokens=40, seed=5, api_name="/chat"))
+    assert len(chunks) > 1 and all(later.startswith(earlier) for earlier, later in itertools.pairwise(chunks))
+    again = list(client.submit("京都について教えて", HISTORY, max_new_tokens=40, seed=5, api_name="/chat"))
+    assert again[-1] == chunks[-1]
+    assert not generation_threads()  # nothing ran in this process
+
+
+def test_cancelling_a_chat_job_aborts_the_request_on_the_server(vllm_app, endless_replies):
+    url, service = vllm_app
+    job = Client(url, verbose=False).submit("長い話をしてください。", [], max_new_tokens=1900, api_name="/chat")
+    assert wait_until(lambda: service.backend.requests_in_flight() == 1, timeout=60, interval=0.01)
+    job.cancel()
+    assert wait_until(lambda: service.backend.requests_in_flight() == 0, timeout=1.5), "vLLM kept generating"
+
+
+def test_an_unreachable_server_at_start_is_one_clear_message_and_exit_1():
+    result = subprocess.run(
+        [sys.executable, "app.py", "--demo", "--backend", "vllm", "--vllm-url", "http://127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "http://127.0.0.1:9" in result.stderr
+    assert "vllm" in result.stderr.lower()
+    assert "Traceback" not in result.stderr
