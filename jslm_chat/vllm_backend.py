@@ -198,7 +198,7 @@ class VllmReply(ReplyStream):
             "top_p": params.top_p,
             "top_k": params.top_k,  # 0: off
             "repetition_penalty": params.repetition_penalty,
-            "ignore_eos": bool(getattr(params, "ignore_eos", False)),
+            "ignore_eos": params.ignore_eos,
             "skip_special_tokens": True,
         }
         if not params.greedy:  # a seed only matters when sampling
@@ -218,11 +218,17 @@ class VllmReply(ReplyStream):
                 if text:
                     yield text
                 self._finish(choice.get("finish_reason"))
+        if self.finish_reason is None and not self.stopped:  # [DONE] with no reason: vLLM gave up on it
+            raise self._error("返信が途中で終わりました / the reply ended unfinished")
 
     def _finish(self, reason: str | None) -> None:
         """Map vLLM's finish reason; one it gives on its own (``abort``) is an error."""
         if reason is None or self.stopped:
             return
+        if reason == "abort":
+            raise self._error(
+                "vLLM が返信を中止しました（サーバーの停止など） / vLLM aborted the reply (shutting down?)"
+            )
         if reason not in FINISH_REASONS:
             raise self._error(f"finish_reason={reason}")
         self.finish_reason = FINISH_REASONS[reason]

@@ -11,7 +11,6 @@ import signal
 import threading
 import time
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -31,13 +30,6 @@ FFFD = "\ufffd"
 QUESTION = "日本の首都はどこですか？"
 
 
-@dataclass(frozen=True)
-class EndlessParams(GenerationParams):
-    """Params whose reply runs to max_new_tokens (vLLM's ``ignore_eos``): a long reply to stop."""
-
-    ignore_eos: bool = True
-
-
 def sampling(max_new_tokens: int = 64, *, temperature: float = 0.8, seed: int | None = None) -> GenerationParams:
     return GenerationParams(max_new_tokens, temperature, top_p=0.95, top_k=40, repetition_penalty=1.1, seed=seed)
 
@@ -46,8 +38,9 @@ def greedy(max_new_tokens: int = 64) -> GenerationParams:
     return sampling(max_new_tokens, temperature=0.0)
 
 
-def endless(max_new_tokens: int) -> EndlessParams:
-    return EndlessParams(max_new_tokens, 0.0, top_p=1.0, top_k=0, repetition_penalty=1.0)
+def endless(max_new_tokens: int) -> GenerationParams:
+    """Greedy, running to ``max_new_tokens`` (vLLM's ``ignore_eos``): a long reply to stop."""
+    return GenerationParams(max_new_tokens, 0.0, top_p=1.0, top_k=0, repetition_penalty=1.0, ignore_eos=True)
 
 
 def ask(backend: VllmBackend, message: str = QUESTION, turns: tuple[Turn, ...] = ()) -> Conversation:
@@ -208,23 +201,35 @@ def test_stop_during_prefill_aborts_on_the_server_within_a_second(long_context_v
     assert reply.finish_reason == "stopped"
 
 
-def test_server_dies_mid_reply_then_comes_back(long_context_vllm_server, demo_model_path):
-    server = long_context_vllm_server
-    backend = connect(server, demo_model_path, probe_seconds=1.0)
+def _fail_mid_reply(backend: VllmBackend, server: VllmServer, signum: int) -> tuple[str, float]:
+    """Start an endless reply, send ``signum`` to the server after 10 chunks: the error and how long it took."""
     reply = backend.stream(ask(backend), endless(5000))
     chunks = iter(reply)
     for _ in range(10):
         next(chunks)
-    server.signal(signal.SIGTERM)  # vLLM may close the stream or leave it open and silent
+    server.signal(signum)
     started = time.perf_counter()
     with pytest.raises(GenerationError) as caught:
         for _ in chunks:
             pass
-    assert time.perf_counter() - started < 15
-    message = str(caught.value)
-    assert server.url in message and "もう一度送信" in message and "send the message again" in message
     assert reply.finish_reason == "error"
-    with pytest.raises(GenerationError):  # while it is down: a clear error, not a hang
+    return str(caught.value), time.perf_counter() - started
+
+
+def test_server_hangs_or_dies_mid_reply_then_comes_back(long_context_vllm_server, demo_model_path):
+    server = long_context_vllm_server
+    backend = connect(server, demo_model_path, probe_seconds=1.0)
+    message, seconds = _fail_mid_reply(backend, server, signal.SIGSTOP)  # silent: /health does not answer
+    server.signal(signal.SIGCONT)
+    assert seconds < 1.0 + 5.0 + 2.0  # one probe interval, one /health timeout, slack
+    assert "応答しません" in message and "stopped answering" in message
+    assert wait_until(lambda: backend.requests_in_flight() == 0, timeout=10)  # the hung reply was aborted
+    assert list(backend.stream(ask(backend), greedy(5)))  # the same backend, nothing restarted
+
+    message, seconds = _fail_mid_reply(backend, server, signal.SIGKILL)
+    assert seconds < 5
+    assert server.url in message and "もう一度送信" in message and "send the message again" in message
+    with pytest.raises(GenerationError, match="ConnectionRefusedError"):  # while it is down: at once, no hang
         list(backend.stream(ask(backend), greedy(5)))
     server.restart()
     again = backend.stream(ask(backend), greedy(20))

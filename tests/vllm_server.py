@@ -107,9 +107,9 @@ class VllmServer:
         raise RuntimeError(f"vLLM did not become healthy within {timeout:.0f} s:\n{self.log_tail()}")
 
     def signal(self, signum: int) -> None:
-        """Send ``signum`` to the API server process alone (it takes its engine down with it)."""
+        """Send ``signum`` to the server and every process it started (SIGKILL: a crash, SIGSTOP: a hang)."""
         if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signum)
+            os.killpg(self.process.pid, signum)
 
     def stop(self) -> None:
         """Stop the server and every process it started; wait for the port to be free."""

@@ -1,0 +1,262 @@
+"""In-process (transformers) vs vLLM on the same model, same workload, one run.
+
+    python bench/bench_backends.py              # the demo model (tiny: per-token overheads dominate)
+    python bench/bench_backends.py --wide       # a random Llama 512 wide, 8 layers, 4,096 context
+    python bench/bench_backends.py --app        # also: 8 chats through the app vs direct to vLLM
+    python bench/bench_backends.py --model DIR --vllm-url http://127.0.0.1:8000   # a running server
+
+Prints, for each backend: single-stream tokens/s; aggregate tokens/s with 1, 4 and 8 concurrent
+chats; time to first token at turn 1 and turn 10 of a long chat (history kept, so turn 10's
+prompt is ~5/6 of the window; median of 3 chats); Stop → idle (vLLM: ``vllm:num_requests_running`` back to 0;
+in-process: the generation thread gone). Replies run to their full length (``ignore_eos``) so
+every run measures the same tokens. vLLM's environment is ``$JSLM_VLLM_PYTHON`` or ``.venv-vllm``,
+as for the tests. Asserts nothing. The two backends take turns on the CPU, never both at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from vllm_server import VllmServer, free_port, vllm_python  # noqa: E402 - the tests' server launcher
+
+from jslm_chat.backend import Backend, Conversation  # noqa: E402
+from jslm_chat.params import GenerationParams  # noqa: E402
+from jslm_chat.presets import resolve_preset  # noqa: E402
+from jslm_chat.prompt import Turn  # noqa: E402
+from jslm_chat.vllm_backend import VllmBackend  # noqa: E402
+
+SYSTEM = "あなたは役立つアシスタントです。"
+REPLY_TOKENS = 128
+CONCURRENCY = (1, 4, 8)
+RUNS = 3
+CHAT_UNIT = "日本の歴史と文化について詳しく教えてください。"
+WIDE = {"hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 8, "num_attention_heads": 8}
+
+
+def params(max_new_tokens: int, seed: int, *, ignore_eos: bool = True) -> GenerationParams:
+    return GenerationParams(max_new_tokens, 0.7, 0.95, 50, 1.1, seed, ignore_eos=ignore_eos)
+
+
+def ask(message: str, turns: list[Turn] | None = None) -> Conversation:
+    return Conversation(SYSTEM, turns or [], message)
+
+
+def run_reply(backend: Backend, conversation: Conversation, p: GenerationParams) -> Any:
+    reply = backend.stream(conversation, p)
+    for _ in reply:
+        pass
+    return reply
+
+
+def single_stream(backend: Backend) -> float:
+    """Median decoding speed of one reply (tokens/s)."""
+    question = ask("日本の四季について教えてください。")
+    return statistics.median(run_reply(backend, question, params(256, s)).tokens_per_second for s in range(RUNS))
+
+
+def concurrent(backend: Backend, chats: int, ignore_eos: bool = True) -> tuple[float, list[str]]:
+    """Wall seconds for ``chats`` concurrent replies (seeds 0…), and their texts."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(chats) as pool:
+        replies = list(
+            pool.map(
+                lambda i: run_reply(backend, ask(question(i)), params(REPLY_TOKENS, i, ignore_eos=ignore_eos)),
+                range(chats),
+            )
+        )
+    return time.perf_counter() - started, [reply.text for reply in replies]
+
+
+def question(i: int) -> str:
+    return f"質問{i}: 京都のおすすめは？"
+
+
+def aggregate(backend: Backend, chats: int) -> float:
+    """Tokens per second over all of ``chats`` concurrent replies of REPLY_TOKENS tokens."""
+    seconds, _ = concurrent(backend, chats)
+    return chats * REPLY_TOKENS / seconds
+
+
+def long_chat(backend: Backend, chat: int, turns: int = 10) -> list[tuple[int, float]]:
+    """Prompt tokens and time to first token of each turn of one chat, history growing each turn."""
+    unit_tokens = len(backend.tokenizer.encode(CHAT_UNIT, add_special_tokens=False))
+    repeats = max(1, (backend.context_length // 12 - REPLY_TOKENS - 10) // unit_tokens)
+    history: list[Turn] = []
+    figures = []
+    for turn in range(1, turns + 1):
+        message = f"{chat}-{turn}番目の質問です。" + CHAT_UNIT * repeats
+        reply = run_reply(backend, ask(message, history), params(REPLY_TOKENS, turn))
+        figures.append((reply.prompt.num_tokens, reply.seconds_to_first_token or 0.0))
+        history.append(Turn(message, reply.text))
+    return figures
+
+
+def first_tokens(backend: Backend) -> dict[int, tuple[int, float]]:
+    """Turn 1 and turn 10: prompt tokens and median time to first token over RUNS different chats."""
+    chats = [long_chat(backend, chat) for chat in range(RUNS)]
+    return {turn: (chats[0][turn - 1][0], statistics.median(chat[turn - 1][1] for chat in chats)) for turn in (1, 10)}
+
+
+def stop_to_idle(backend: Backend, idle: Callable[[], bool]) -> float:
+    """Median seconds from stopping a reply (from another thread) until ``idle()``."""
+    timings = []
+    for seed in range(RUNS):
+        reply = backend.stream(ask("長い話をしてください。"), params(1000, seed))
+        consumer = threading.Thread(target=lambda r=reply: [None for _ in r])
+        consumer.start()
+        while reply.new_tokens < 20:
+            time.sleep(0.001)
+        started = time.perf_counter()
+        reply.stop()
+        while not idle():
+            time.sleep(0.001)
+        timings.append(time.perf_counter() - started)
+        consumer.join()
+    return statistics.median(timings)
+
+
+def measure(name: str, backend: Backend, idle: Callable[[], bool]) -> dict[str, Any]:
+    print(f"[{name}] measuring ...", flush=True)
+    figures: dict[str, Any] = {"single": single_stream(backend)}
+    for chats in CONCURRENCY:
+        figures[f"x{chats}"] = aggregate(backend, chats)
+    figures["chat"] = first_tokens(backend)
+    figures["stop"] = stop_to_idle(backend, idle)
+    return figures
+
+
+def report(title: str, results: dict[str, dict[str, Any]]) -> None:
+    names = list(results)
+    print(f"\n{title}\n{'':40s}" + "".join(f"{name:>17s}" for name in names))
+
+    def row(label: str, value: Callable[[dict[str, Any]], str]) -> None:
+        print(f"{label:40s}" + "".join(f"{value(results[name]):>17s}" for name in names))
+
+    row("single stream, tokens/s", lambda f: f"{f['single']:.1f}")
+    for chats in CONCURRENCY:
+        row(f"{chats} concurrent chats, tokens/s (total)", lambda f, c=chats: f"{f[f'x{c}']:.1f}")
+    row("  4 chats vs 1", lambda f: f"{f['x4'] / f['x1']:.2f}x")
+    row("  8 chats vs 1", lambda f: f"{f['x8'] / f['x1']:.2f}x")
+    row("first token, turn 1: ms (prompt tokens)", lambda f: f"{f['chat'][1][1] * 1000:.0f} ({f['chat'][1][0]})")
+    row("first token, turn 10: ms (prompt tokens)", lambda f: f"{f['chat'][10][1] * 1000:.0f} ({f['chat'][10][0]})")
+    row("  turn 10 vs turn 1", lambda f: f"{f['chat'][10][1] / f['chat'][1][1]:.1f}x")
+    row("Stop -> idle, ms", lambda f: f"{f['stop'] * 1000:.0f}")
+
+
+def in_process(model: Path) -> tuple[Backend, Callable[[], bool]]:
+    """The in-process backend on ``model`` (float32, CPU), and whether its generation thread is gone."""
+    from jslm_chat.loading import load_engine
+
+    def idle() -> bool:
+        return not any(thread.name == "jslm-generate" for thread in threading.enumerate())
+
+    return load_engine(str(model), device="cpu", dtype="float32"), idle
+
+
+def app_overhead(backend: VllmBackend, chats: int = 8) -> tuple[float, float, bool]:
+    """Wall seconds of ``chats`` concurrent chats sent to vLLM directly, then through the app's ``/chat``.
+
+    The same seeded requests both ways (the API has no ``ignore_eos``: replies end at EOS), so
+    the work is identical; the third value says whether the texts matched.
+    """
+    from gradio_client import Client
+
+    from jslm_chat.server import create_app, launch
+    from jslm_chat.settings import Settings
+
+    direct, direct_texts = concurrent(backend, chats, ignore_eos=False)
+    settings = Settings(model=backend.served_model, backend="vllm", vllm_url=backend.endpoint.url, port=free_port())
+    app, service = create_app(settings, backend=backend)
+    _, url, _ = launch(app, service, settings, block=False)
+    try:
+        clients = [Client(url, verbose=False) for _ in range(chats)]
+        request = params(REPLY_TOKENS, 0, ignore_eos=False)
+        sampling = {name: getattr(request, name) for name in ("max_new_tokens", "temperature", "top_p", "top_k")}
+        sampling["repetition_penalty"] = request.repetition_penalty
+        started = time.perf_counter()
+        jobs = [
+            client.submit(question(i), [], system_prompt=SYSTEM, seed=i, api_name="/chat", **sampling)
+            for i, client in enumerate(clients)
+        ]
+        texts = [job.result() for job in jobs]
+        through_app = time.perf_counter() - started
+    finally:
+        app.close()
+    return direct, through_app, texts == direct_texts
+
+
+def build_wide_model(folder: Path, tokenizer_source: Path) -> Path:
+    """A random-weight Llama (``WIDE``, 4,096 positions) with the demo tokenizer, saved once."""
+    if (folder / "config.json").is_file():
+        return folder
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), num_key_value_heads=WIDE["num_attention_heads"], max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=0, **WIDE,
+    )  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def start_server(model: Path) -> VllmServer:
+    """vLLM on ``model``, its whole window, prefill budget with headroom (DESIGN.md §9)."""
+    context = json.loads((model / "config.json").read_text())["max_position_embeddings"]
+    args = ("--max-model-len", str(context), "--max-num-batched-tokens", str(context + 16), "--max-num-seqs", "16")
+    server = VllmServer(vllm_python(), model, Path("/tmp") / "bench-backends-vllm.log", args=args)
+    print(f"starting vLLM ({server.python}) on {model} ...", flush=True)
+    server.start()
+    server.wait_ready()
+    return server
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="model folder (default: the offline demo model)")
+    parser.add_argument("--wide", action="store_true", help="a random Llama 512 wide, 8 layers (built once)")
+    parser.add_argument("--vllm-url", help="a vLLM server already serving the model (default: start one)")
+    parser.add_argument("--app", action="store_true", help="also 8 chats through the app vs direct to vLLM")
+    args = parser.parse_args()
+    from jslm_chat.demo_model import demo_model_dir
+
+    model = args.model or demo_model_dir()
+    if args.wide:
+        model = build_wide_model(Path.home() / ".cache" / "jslm-chat" / "bench-wide-llama", demo_model_dir())
+    server = None if args.vllm_url else start_server(model)
+    try:
+        engine, engine_idle = in_process(model)
+        results = {"in-process": measure("in-process", engine, engine_idle)}
+        engine.close()
+        backend = VllmBackend.connect(args.vllm_url or server.url, resolve_preset(str(model)), str(model))
+        results["vLLM"] = measure("vLLM", backend, lambda: backend.requests_in_flight() == 0)
+        report(f"{model} ({backend.context_length:,} tokens of context)", results)
+        if args.app:
+            direct, through_app, same = app_overhead(backend)
+            print(
+                f"\n8 concurrent chats: {direct:.2f} s direct to vLLM, {through_app:.2f} s through the app"
+                f" (throughput {direct / through_app:.2f} of direct; same replies: {same})"
+            )
+    finally:
+        if server is not None:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()
