@@ -17,6 +17,7 @@ import gc
 import logging
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import count
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache, GenerationConfig, StoppingCriteria
 
+from .backend import UPDATE_INTERVAL_SECONDS
 from .kv_cache import PrefixCachePool
 from .params import GenerationParams
 from .streaming import JapaneseTextStreamer
@@ -134,8 +136,14 @@ class _Generation:
         self.thread.start()
 
     def progress(self) -> Iterator[Progress]:
-        """The streamer's text, everything queued so far in one record; never blocks forever."""
+        """The streamer's text, at most one record per update interval; never blocks forever.
+
+        Text that arrives within ``UPDATE_INTERVAL_SECONDS`` of the last record waits for the
+        rest of that interval and goes out with whatever followed it: a fast model does not pay
+        for one UI update per token, and no character is late by more than the interval.
+        """
         pending, end = self.streamer.text_queue, self.streamer.stop_signal
+        last_record = 0.0
         while True:
             try:
                 parts = [pending.get(timeout=QUEUE_POLL_SECONDS)]
@@ -145,6 +153,9 @@ class _Generation:
                 # A heartbeat: on ZeroGPU the worker sees a close only when this generator yields.
                 yield Progress("", self.counter.steps)
                 continue
+            wait = last_record + UPDATE_INTERVAL_SECONDS - time.monotonic()
+            if wait > 0 and parts[-1] is not end:
+                self.stop.wait(wait)
             while parts[-1] is not end:
                 try:
                     parts.append(pending.get_nowait())
@@ -153,6 +164,7 @@ class _Generation:
             ended = parts[-1] is end
             text = "".join(parts[:-1] if ended else parts)
             if text:
+                last_record = time.monotonic()
                 yield Progress(text, self.counter.steps)
             if ended:
                 return
