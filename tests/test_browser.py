@@ -405,11 +405,13 @@ def test_enter_that_confirms_an_ime_conversion_does_not_send(page):
 
 @pytest.mark.usefixtures("endless_replies", "paced_generation")  # 1900 tokens now take at least 9.5 s
 def test_closing_the_tab_stops_the_generation_on_the_server(browser, app_url):
-    page = open_page(browser, app_url)
+    own = browser.browser_type.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)  # closed with the tab
+    page = open_page(own, app_url)
     set_max_new_tokens(page, 1900)
     send(page, "長いお話をしてください。")
     assert wait_until(lambda: bool(generation_threads()), timeout=60)
     closed_at = time.monotonic()
-    page.context.close()
+    page.close()
+    own.close()
     assert wait_until(lambda: not generation_threads(), timeout=5), "a closed tab left its generation running"
     assert time.monotonic() - closed_at < 5
