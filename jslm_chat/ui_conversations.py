@@ -15,6 +15,7 @@ import gradio as gr
 
 from .chat import ChatService, log_user_error
 from .history import ChatInputError
+from .params import SHOWN_SETTINGS
 from .saved import SavedConversation, checked_settings, renamed, restore, store_value, with_saved, without
 from .ui_handlers import History, control_values, sending_allowed, settings_by_name
 from .ui_text import dropped_saved_notice
@@ -69,8 +70,8 @@ class ConversationHandlers:
         Returns (store, current id, list, title, chat, *controls).
         """
         conversations = self.conversations(store)
-        if not conversations:
-            return *panel([], None), [], *control_values(self.defaults)
+        if not conversations:  # leave the chat and the settings alone: the user may have started already
+            return *panel([], None), *(gr.skip(),) * (1 + len(SHOWN_SETTINGS))
         newest = conversations[0]
         return *panel(conversations, newest.id), list(newest.messages), *control_values(newest.settings)
 

@@ -1,14 +1,26 @@
-"""A real browser (Debian's headless Chromium through playwright) drives the app on the demo model."""
+"""A real browser (Debian's headless Chromium through playwright) drives the app on the demo model.
+
+One Chromium serves the module; each test gets fresh browser contexts (own local storage, own
+session), so saved conversations never leak from one test into another.
+"""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import generation_threads, launch_app, wait_until
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+
+from jslm_chat.saved import STORE_VERSION
+from jslm_chat.ui import STORAGE_KEY, STORAGE_SECRET
 
 pytestmark = pytest.mark.browser
 
@@ -25,6 +37,8 @@ CHROMIUM_ARGS = [
 ]
 BOT = '#jslm-chatbot [data-testid="bot"]'
 USER = '#jslm-chatbot [data-testid="user"]'
+SAVED = "#jslm-conversations label"
+TIMEOUT_MS = 60_000
 
 
 @pytest.fixture(scope="module")
@@ -34,63 +48,121 @@ def app_url(demo_engine):
     app.close()
 
 
-@pytest.fixture
-def page(app_url):
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(locale="ja-JP", viewport={"width": 1200, "height": 1300})
-        page = context.new_page()
-        page.goto(app_url)
-        page.wait_for_selector("#jslm-chatbot")
-        yield page
+        yield browser
         browser.close()
 
 
+def open_page(browser: Browser, url: str, locale: str = "ja-JP", **options: Any) -> Page:
+    """A page in a fresh context (its own local storage), loaded and ready."""
+    context = browser.new_context(locale=locale, viewport=options.pop("viewport", {"width": 1200, "height": 1300}))
+    page = context.new_page()
+    page.goto(url)
+    page.wait_for_selector("#jslm-chatbot")
+    return page
+
+
+@pytest.fixture
+def page(browser, app_url) -> Iterator[Page]:
+    page = open_page(browser, app_url)
+    yield page
+    page.context.close()
+
+
 def send(page: Page, text: str) -> None:
+    """Type ``text`` and press Enter, once the previous reply has ended (sending is allowed again)."""
+    expect(page.locator("#jslm-send")).to_be_enabled(timeout=TIMEOUT_MS)
     box = page.locator("#jslm-input textarea")
     box.fill(text)
     box.press("Enter")
 
 
-def set_max_new_tokens(page: Page, value: int) -> None:
+def max_new_tokens_field(page: Page) -> Locator:
+    """The max_new_tokens number box, the settings opened if they are closed."""
     field = page.locator("#jslm-max-new-tokens input[type=number]")
     if not field.is_visible():
-        page.locator("#jslm-settings").get_by_text("詳細設定").click()
+        page.locator("#jslm-settings .label-wrap").click()
         expect(field).to_be_visible()
-        page.wait_for_timeout(300)  # the accordion's content settles after opening
+    return field
+
+
+def set_max_new_tokens(page: Page, value: int) -> None:
+    field = max_new_tokens_field(page)
     field.fill(str(value))
     field.press("Tab")
     expect(page.locator("#jslm-max-new-tokens input[type=range]")).to_have_value(str(value))
 
 
-def wait_for_reply(page: Page, count: int, timeout: float = 60) -> str:
+def wait_for_reply(page: Page, count: int, done: str = "完了") -> str:
     """Wait until the chat holds ``count`` replies, the last one finished; return its text."""
-    expect(page.locator(BOT)).to_have_count(count, timeout=timeout * 1000)
-    expect(page.locator("#jslm-status")).to_contain_text("完了", timeout=timeout * 1000)
+    expect(page.locator(BOT)).to_have_count(count, timeout=TIMEOUT_MS)
+    expect(page.locator("#jslm-status")).to_contain_text(done, timeout=TIMEOUT_MS)
     return page.locator(BOT).last.inner_text()
 
 
-def test_chat_stop_retry_undo_clear_in_a_real_browser(page, tmp_path, request):
-    # Japanese UI by default.
+def ask(page: Page, text: str, replies: int, done: str = "完了") -> str:
+    send(page, text)
+    return wait_for_reply(page, replies, done)
+
+
+# Local storage as Gradio's BrowserState writes it: "<iv>:<CryptoJS AES, OpenSSL 'Salted__' format>",
+# the passphrase being the SHA-256 hex of the secret (key and IV from OpenSSL's MD5 key derivation).
+AES_JS = """async ([mode, key, iv, data]) => {
+  const k = await crypto.subtle.importKey("raw", new Uint8Array(key), "AES-CBC", false, [mode]);
+  const run = mode === "encrypt" ? crypto.subtle.encrypt : crypto.subtle.decrypt;
+  return Array.from(new Uint8Array(await run.call(crypto.subtle, {name: "AES-CBC", iv: new Uint8Array(iv)}, k,
+                                                  new Uint8Array(data))));
+}"""
+
+
+def _key_and_iv(salt: bytes) -> tuple[list[int], list[int]]:
+    passphrase = hashlib.sha256(STORAGE_SECRET.encode()).hexdigest().encode()
+    derived, block = b"", b""
+    while len(derived) < 48:
+        block = hashlib.md5(block + passphrase + salt).digest()
+        derived += block
+    return list(derived[:32]), list(derived[32:48])
+
+
+def read_store(page: Page) -> Any:
+    """The saved conversations in the page's local storage, decrypted."""
+    stored = page.evaluate("(key) => localStorage.getItem(key)", STORAGE_KEY)
+    sealed = base64.b64decode(stored.split(":")[1])
+    assert sealed[:8] == b"Salted__"
+    key, iv = _key_and_iv(sealed[8:16])
+    plain = page.evaluate(AES_JS, ["decrypt", key, iv, list(sealed[16:])])
+    return json.loads(bytes(plain).decode("utf-8"))
+
+
+def write_store(page: Page, value: Any) -> None:
+    """Put ``value`` into the page's local storage as the app would (read at the next load)."""
+    salt = os.urandom(8)
+    key, iv = _key_and_iv(salt)
+    sealed = bytes(page.evaluate(AES_JS, ["encrypt", key, iv, list(json.dumps(value).encode("utf-8"))]))
+    stored = base64.b64encode(os.urandom(16)).decode() + ":" + base64.b64encode(b"Salted__" + salt + sealed).decode()
+    page.evaluate("([key, value]) => localStorage.setItem(key, value)", [STORAGE_KEY, stored])
+
+
+def test_japanese_ui_and_an_empty_message_is_not_sent(page):
     expect(page.locator("#jslm-send")).to_have_text("送信")
     expect(page.locator("#jslm-stop")).to_have_text("停止")
+    expect(page.locator("#jslm-new-chat")).to_have_text("新しい会話")
     expect(page.get_by_text("詳細設定")).to_be_visible()
-
-    # An empty message is not sent.
+    set_max_new_tokens(page, 8)
     send(page, "   ")
-    page.wait_for_timeout(500)
-    expect(page.locator(USER)).to_have_count(0)
+    ask(page, "本当の質問", 1)
+    expect(page.locator(USER)).to_have_text(["本当の質問"])  # the blank message never reached the chat
 
-    # A Japanese message is sent with Enter and the reply streams in.
-    send(page, "こんにちは、自己紹介してください。")
+
+def test_a_reply_streams_in_and_downloads_as_json_and_markdown(page, tmp_path):
+    set_max_new_tokens(page, 48)
+    first = ask(page, "こんにちは、自己紹介してください。", 1)
     expect(page.locator(USER).first).to_contain_text("自己紹介してください")
     expect(page.locator("#jslm-input textarea")).to_have_value("")
-    first = wait_for_reply(page, 1)
-    assert first.strip()
-    assert "\ufffd" not in first
-    page.screenshot(path=str(tmp_path / "first-reply.png"), full_page=True)
-
-    # The conversation downloads as JSON and as Markdown.
+    assert first.strip() and "\ufffd" not in first
     with page.expect_download() as download:
         page.locator("#jslm-export-json").click()
     exported = json.loads(Path(download.value.path()).read_text(encoding="utf-8"))
@@ -98,56 +170,218 @@ def test_chat_stop_retry_undo_clear_in_a_real_browser(page, tmp_path, request):
     assert exported["messages"][0]["content"] == "こんにちは、自己紹介してください。"
     assert exported["messages"][1]["content"].strip() == first.strip()
     assert exported["metadata"]["system_prompt"] == "あなたは役立つアシスタントです。"
-    assert exported["metadata"]["temperature"] == 0.7
+    assert exported["metadata"]["max_new_tokens"] == 48
     with page.expect_download() as download:
         page.locator("#jslm-export-md").click()
     markdown = Path(download.value.path()).read_text(encoding="utf-8")
-    assert markdown.startswith("# 会話ログ")
-    assert "こんにちは、自己紹介してください。" in markdown
+    assert markdown.startswith("# 会話ログ") and "こんにちは、自己紹介してください。" in markdown
 
-    # Stop during a long reply: the text stops growing and the server-side thread ends.
-    request.getfixturevalue("endless_replies")
-    request.getfixturevalue("paced_generation")
+
+@pytest.mark.usefixtures("endless_replies", "paced_generation")
+def test_stop_ends_a_long_reply_and_its_server_side_generation(page):
     set_max_new_tokens(page, 1500)
     send(page, "長いお話をしてください。")
-    lengths = []
-    assert wait_until(lambda: page.locator(BOT).count() == 2 and len(page.locator(BOT).last.inner_text()) > 5, 60)
-    for _ in range(5):
-        lengths.append(len(page.locator(BOT).last.inner_text()))
-        page.wait_for_timeout(150)
-    assert len(set(lengths)) > 1, f"the reply did not stream: {lengths}"
+    reply = page.locator(BOT).last
+    assert wait_until(lambda: page.locator(BOT).count() == 1 and len(reply.inner_text()) > 5, 60)
+    length = len(reply.inner_text())
+    assert wait_until(lambda: len(reply.inner_text()) > length, 10), "the reply did not stream"
     assert generation_threads()
     expect(page.locator("#jslm-send")).to_be_disabled()  # one reply at a time per conversation
     page.locator("#jslm-stop").click()
     assert wait_until(lambda: not generation_threads(), timeout=5), "Stop did not end the generation"
     expect(page.locator("#jslm-status")).to_contain_text("停止")
     expect(page.locator("#jslm-send")).to_be_enabled()
-    stopped_text = page.locator(BOT).last.inner_text()
-    page.wait_for_timeout(800)
-    assert page.locator(BOT).last.inner_text() == stopped_text
-    assert len(stopped_text) > 0
-    page.screenshot(path=str(tmp_path / "stopped.png"), full_page=True)
+    stopped = reply.inner_text()
+    assert stopped and not generation_threads()
+    assert reply.inner_text() == stopped  # nothing more arrives once the server has stopped
 
-    # Retry regenerates the last reply (same user message, a new reply).
+
+def test_retry_undo_and_clear(page):
     set_max_new_tokens(page, 24)
+    first = ask(page, "一つ目の質問", 1)
+    status = page.locator("#jslm-status")
+    finished = status.inner_text()  # it names the reply's seed: a retried reply has a new one
     page.locator("#jslm-retry").click()
-    expect(page.locator("#jslm-status")).not_to_contain_text("停止", timeout=60_000)
-    retried = wait_for_reply(page, 2)
-    assert retried != stopped_text
-    expect(page.locator(USER)).to_have_count(2)
-
-    # Undo removes the last turn and gives its message back to the input box.
+    expect(status).not_to_have_text(finished, timeout=TIMEOUT_MS)
+    expect(status).to_contain_text("完了", timeout=TIMEOUT_MS)
+    assert page.locator(BOT).last.inner_text() != first
+    expect(page.locator(USER)).to_have_count(1)
+    ask(page, "二つ目の質問", 2)
     page.locator("#jslm-undo").click()
     expect(page.locator(USER)).to_have_count(1)
     expect(page.locator(BOT)).to_have_count(1)
-    expect(page.locator("#jslm-input textarea")).to_have_value("長いお話をしてください。")
-
-    # Clear empties the chat.
+    expect(page.locator("#jslm-input textarea")).to_have_value("二つ目の質問")
     page.locator("#jslm-clear").click()
     expect(page.locator(USER)).to_have_count(0)
     expect(page.locator(BOT)).to_have_count(0)
-    page.screenshot(path=str(tmp_path / "cleared.png"), full_page=True)
-    assert all((tmp_path / name).stat().st_size > 10_000 for name in ("first-reply.png", "stopped.png"))
+    expect(page.locator(SAVED)).to_have_count(1)  # Clear starts a new conversation; the old one stays saved
+
+
+def test_editing_an_earlier_message_replaces_the_later_turns_and_undo_still_works(page):
+    set_max_new_tokens(page, 16)
+    ask(page, "一つ目の質問", 1)
+    ask(page, "二つ目の質問", 2)
+    page.locator('#jslm-chatbot button[aria-label="編集"]').first.click()
+    page.locator("#jslm-chatbot textarea").fill("直した質問")
+    page.locator('#jslm-chatbot button[aria-label="送信"]').click()
+    expect(page.locator(USER)).to_have_count(1, timeout=TIMEOUT_MS)
+    expect(page.locator(USER)).to_have_text("直した質問")
+    wait_for_reply(page, 1)
+    page.locator("#jslm-undo").click()
+    expect(page.locator(USER)).to_have_count(0)
+    expect(page.locator("#jslm-input textarea")).to_have_value("直した質問")
+
+
+@pytest.mark.usefixtures("endless_replies")
+def test_continue_appears_after_a_cut_reply_and_extends_the_same_bubble(browser, app_url):
+    page = open_page(browser, app_url, locale="en-US")
+    set_max_new_tokens(page, 8)
+    cut = ask(page, "Tell me a long story.", 1, done="max_new_tokens")
+    continue_button = page.locator("#jslm-continue")
+    expect(continue_button).to_have_text("Continue")
+    continue_button.click()
+    expect(continue_button).to_be_hidden()
+    expect(continue_button).to_be_visible(timeout=TIMEOUT_MS)  # cut again at max_new_tokens
+    expect(page.locator(BOT)).to_have_count(1)
+    extended = page.locator(BOT).last.inner_text()
+    assert extended.startswith(cut.rstrip()) and len(extended) > len(cut)
+    page.context.close()
+
+
+def test_votes_are_written_as_json_lines_with_a_feedback_dir(browser, demo_engine, tmp_path):
+    app, url, _ = launch_app(demo_engine, feedback_dir=str(tmp_path))
+    try:
+        page = open_page(browser, url, locale="en-US")
+        set_max_new_tokens(page, 12)
+        ask(page, "評価してください", 1)
+        page.locator("#jslm-comment textarea").fill("よい返答")
+        page.locator('#jslm-chatbot button[aria-label="Like"]').click()
+        log = tmp_path / "feedback.jsonl"
+        assert wait_until(lambda: log.exists() and log.read_text(encoding="utf-8").strip(), 10)
+        [entry] = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+        assert entry["vote"] == "like" and entry["comment"] == "よい返答"
+        assert [message["role"] for message in entry["messages"]] == ["user", "assistant"]
+        assert entry["metadata"]["max_new_tokens"] == 12
+        assert set(entry) == {"time", "vote", "comment", "messages", "metadata"}  # no address, no session
+        expect(page.locator("#jslm-comment textarea")).to_have_value("")
+        page.context.close()
+    finally:
+        app.close()
+
+
+def test_latex_renders_and_html_in_a_message_is_shown_as_text(page):
+    set_max_new_tokens(page, 8)
+    page.evaluate("window.pwned = false")
+    ask(page, '$$x^2$$ と <img src=x onerror="window.pwned = true"> と <script>window.pwned = true</script>', 1)
+    user = page.locator(USER).first
+    expect(user.locator(".katex").first).to_be_attached()
+    expect(user).to_contain_text("<img src=x onerror=")
+    expect(user.locator("img, script")).to_have_count(0)
+    assert page.evaluate("window.pwned") is False
+
+
+def _saved_item(ident: str, title: str, messages: list[dict[str, str]], **settings: Any) -> dict[str, Any]:
+    return {"id": ident, "title": title, "updated": time.time(), "messages": messages, "settings": settings}
+
+
+def test_a_restored_conversation_is_checked_and_html_in_a_reply_is_shown_as_text(page):
+    reply = '答え <img src=x onerror="window.pwned = true"> です'
+    messages = [{"role": "user", "content": "質問"}, {"role": "assistant", "content": reply}]
+    good = _saved_item("good", "よい会話", messages)
+    bad = _saved_item("bad", "壊れた会話", [{"role": "robot", "content": "x"}])
+    write_store(page, {"version": STORE_VERSION, "conversations": [bad, good, "junk"]})
+    page.reload()
+    page.evaluate("window.pwned = false")
+    expect(page.locator(".toast-body")).to_contain_text("破棄しました", timeout=TIMEOUT_MS)
+    expect(page.locator(".toast-body")).to_contain_text("dropped")
+    expect(page.locator(SAVED)).to_have_text(["よい会話"])
+    expect(page.locator(BOT)).to_contain_text("<img src=x onerror=")
+    expect(page.locator(BOT).locator("img")).to_have_count(0)
+    assert page.evaluate("window.pwned") is False
+    assert [item["id"] for item in read_store(page)["conversations"]] == ["good"]  # written back clean
+    write_store(page, "not a store at all")
+    page.reload()
+    expect(page.locator(".toast-body")).to_contain_text("破棄しました", timeout=TIMEOUT_MS)
+    expect(page.locator(SAVED)).to_have_count(0)
+    expect(page.locator("#jslm-send")).to_be_enabled()  # still a working chat
+
+
+def test_saved_conversations_survive_a_reload_keep_their_settings_and_can_be_renamed_and_deleted(page):
+    set_max_new_tokens(page, 20)
+    ask(page, "最初の会話です", 1)
+    expect(page.locator(SAVED)).to_have_text(["最初の会話です"])
+    page.locator("#jslm-new-chat").click()
+    expect(page.locator(USER)).to_have_count(0)
+    set_max_new_tokens(page, 12)
+    ask(page, "二つ目の会話です", 1)
+    expect(page.locator(SAVED)).to_have_text(["二つ目の会話です", "最初の会話です"])  # newest first
+    page.reload()
+    page.wait_for_selector("#jslm-chatbot")
+    expect(page.locator(USER)).to_have_text(["二つ目の会話です"], timeout=TIMEOUT_MS)  # the newest is open
+    expect(page.locator(SAVED)).to_have_count(2)
+    page.locator(SAVED, has_text="最初の会話です").click()
+    expect(page.locator(USER)).to_have_text(["最初の会話です"])
+    expect(page.locator(BOT)).to_have_count(1)
+    expect(max_new_tokens_field(page)).to_have_value("20")  # its own settings
+    set_max_new_tokens(page, 30)  # a changed setting is saved at once: the conversation becomes the newest
+    page.reload()
+    expect(page.locator(USER)).to_have_text(["最初の会話です"], timeout=TIMEOUT_MS)
+    expect(max_new_tokens_field(page)).to_have_value("30")
+    page.locator("#jslm-title textarea").fill("大事な会話")
+    page.locator("#jslm-rename").click()
+    expect(page.locator(SAVED)).to_have_text(["大事な会話", "二つ目の会話です"])
+    page.locator("#jslm-delete").click()
+    expect(page.locator(SAVED)).to_have_text(["二つ目の会話です"])
+    expect(page.locator(USER)).to_have_count(0)
+    page.reload()
+    expect(page.locator(SAVED)).to_have_text(["二つ目の会話です"], timeout=TIMEOUT_MS)
+    titles = [item["title"] for item in read_store(page)["conversations"]]
+    assert titles == ["二つ目の会話です"]
+
+
+def test_two_browsers_see_only_their_own_conversations(browser, app_url):
+    first, second = open_page(browser, app_url), open_page(browser, app_url)
+    for page, text in ((first, "一人目の会話"), (second, "二人目の会話")):
+        set_max_new_tokens(page, 8)
+        ask(page, text, 1)
+    for page, text in ((first, "一人目の会話"), (second, "二人目の会話")):
+        page.reload()
+        expect(page.locator(SAVED)).to_have_text([text], timeout=TIMEOUT_MS)
+        expect(page.locator(USER)).to_have_text([text])
+        page.context.close()
+
+
+def test_english_browsers_get_english_labels(browser, app_url):
+    page = open_page(browser, app_url, locale="en-US")
+    expect(page.locator("#jslm-send")).to_have_text("Send", timeout=30_000)
+    expect(page.locator("#jslm-stop")).to_have_text("Stop")
+    expect(page.locator("#jslm-new-chat")).to_have_text("New chat")
+    expect(page.locator("#jslm-rename")).to_have_text("Rename")
+    expect(page.locator("#jslm-delete")).to_have_text("Delete")
+    expect(page.locator("#jslm-saved-note")).to_contain_text("saved in this browser only")
+    page.context.close()
+
+
+@pytest.mark.usefixtures("endless_replies")
+def test_a_long_reply_wraps_on_a_phone(browser, app_url, tmp_path):
+    page = open_page(browser, app_url, locale="ja-JP", viewport={"width": 390, "height": 844})
+    expect(page.locator("#jslm-sidebar")).not_to_have_class("open")  # the side panel starts closed on phones
+    set_max_new_tokens(page, 200)
+    ask(page, "長い返答をください。" + "とても" * 40 + "https://example.com/" + "x" * 120, 1, done="完了")
+    widths = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+    assert widths[0] <= widths[1], f"the page scrolls sideways on a phone: {widths}"
+    for bubble in (page.locator(USER).first, page.locator(BOT).last):
+        assert bubble.evaluate("element => element.scrollWidth <= element.clientWidth + 1")
+    page.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
+    assert (tmp_path / "phone.png").stat().st_size > 10_000
+    page.context.close()
+
+
+def test_demo_banner_says_it_is_a_tiny_demo_model(page):
+    expect(page.locator("#jslm-demo-banner")).to_contain_text("デモモデル")
+    expect(page.locator("#jslm-header")).to_contain_text("DEMO")
+    expect(page.locator("#jslm-header")).to_contain_text("cpu")
+    expect(page.locator("#jslm-header")).to_contain_text("float32")
 
 
 def test_enter_that_confirms_an_ime_conversion_does_not_send(page):
@@ -162,44 +396,22 @@ def test_enter_that_confirms_an_ime_conversion_does_not_send(page):
             }""",
             composing,
         )
-    page.wait_for_timeout(700)
+    page.wait_for_timeout(700)  # nothing may happen: give a wrongly sent message time to show up
     expect(page.locator(USER)).to_have_count(0)
     expect(box).to_have_value("にほんご")
     box.press("Enter")  # a plain Enter after the conversion sends
     expect(page.locator(USER)).to_have_count(1)
 
 
-def test_english_browsers_get_english_labels(app_url):
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_context(locale="en-US").new_page()
-        page.goto(app_url)
-        expect(page.locator("#jslm-send")).to_have_text("Send", timeout=30_000)
-        expect(page.locator("#jslm-stop")).to_have_text("Stop")
-        browser.close()
-
-
-def test_demo_banner_says_it_is_a_tiny_demo_model(page):
-    expect(page.locator("#jslm-demo-banner")).to_contain_text("デモモデル")
-    expect(page.locator("#jslm-header")).to_contain_text("DEMO")
-    expect(page.locator("#jslm-header")).to_contain_text("cpu")
-    expect(page.locator("#jslm-header")).to_contain_text("float32")
-
-
-def test_closing_the_tab_stops_the_generation_on_the_server(app_url, request):
-    request.getfixturevalue("endless_replies")
-    request.getfixturevalue("paced_generation")  # 1900 tokens now take at least 9.5 s
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_context(locale="ja-JP").new_page()
-        page.goto(app_url)
-        page.wait_for_selector("#jslm-chatbot")
-        set_max_new_tokens(page, 1900)
-        send(page, "長いお話をしてください。")
-        assert wait_until(lambda: bool(generation_threads()), timeout=60)
-        page.wait_for_timeout(500)
-        closed_at = time.monotonic()
-        page.close()
-        browser.close()
+@pytest.mark.usefixtures("endless_replies", "paced_generation")  # 1900 tokens now take at least 9.5 s
+def test_closing_the_tab_stops_the_generation_on_the_server(browser, app_url):
+    own = browser.browser_type.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)  # closed with the tab
+    page = open_page(own, app_url)
+    set_max_new_tokens(page, 1900)
+    send(page, "長いお話をしてください。")
+    assert wait_until(lambda: bool(generation_threads()), timeout=60)
+    closed_at = time.monotonic()
+    page.close()
+    own.close()
     assert wait_until(lambda: not generation_threads(), timeout=5), "a closed tab left its generation running"
     assert time.monotonic() - closed_at < 5

@@ -205,6 +205,7 @@ def test_a_conversation_is_saved_with_its_settings_and_titled_by_its_first_messa
     assert loaded[1] == current and loaded[3] == "富士山の高さは？" and loaded[4] == history
     assert dict(zip(NAMES, loaded[5:], strict=True))["temperature"] == 0.3
     assert saved.load(None)[:2] == (empty_store(), None)
+    assert all(update == gr.skip() for update in saved.load(None)[4:])  # nothing to restore: chat, settings kept
 
 
 def test_switching_saves_the_open_conversation_and_opens_the_other(handlers, saved):
@@ -265,7 +266,7 @@ def _stored(index: int, **changed: Any) -> dict[str, Any]:
 def test_malformed_saved_data_is_dropped_with_a_bilingual_notice(saved, store):
     with pytest.warns(UserWarning, match="破棄しました。 / .* dropped"):
         loaded = saved.load(store)
-    assert loaded[:2] == (empty_store(), None) and loaded[4] == []
+    assert loaded[:2] == (empty_store(), None) and loaded[2].choices == []
 
 
 def test_good_conversations_survive_beside_malformed_ones_and_bad_settings_fall_back(saved, service):
