@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -190,8 +191,10 @@ def backend_stream(backend: Backend, conversation: Conversation) -> Callable[[in
 
 
 @contextlib.contextmanager
-def app_client(backend: Backend) -> Iterator[Callable[[Conversation], Callable[[int], Any]]]:
-    """The app serving ``backend`` on a free port; yields a maker of ``/chat`` runs through ``gradio_client``."""
+def app_client(backend: Backend) -> Iterator[tuple[Callable[[Conversation], Callable[[int], Any]], ...]]:
+    """The app serving ``backend`` on a free port; yields makers of ``/chat`` runs through ``gradio_client``:
+    one with the client in this process, one with the client in a process of its own (as any real
+    client is: a browser, a script), whose work then no longer shares this process with the server's."""
     from gradio_client import Client
 
     from jslm_chat.server import create_app, launch
@@ -203,6 +206,7 @@ def app_client(backend: Backend) -> Iterator[Callable[[Conversation], Callable[[
         return original(self, conversation, dataclasses.replace(params, ignore_eos=True))
 
     Backend.stream = endless  # type: ignore[method-assign]  # the browser's /chat has no ignore_eos
+    stack = contextlib.ExitStack()
     settings = Settings(demo=True, host="127.0.0.1", port=free_port())
     app, service = create_app(settings, backend=backend)
     try:
@@ -216,10 +220,41 @@ def app_client(backend: Backend) -> Iterator[Callable[[Conversation], Callable[[
 
             return run
 
-        yield chat
+        remote = subprocess.Popen(
+            [sys.executable, "-c", REMOTE_CLIENT, f"http://127.0.0.1:{settings.port}/"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        stack.callback(remote.kill)
+
+        def chat_from_another_process(conversation: Conversation) -> Callable[[int], Any]:
+            def run(count: int) -> None:
+                assert remote.stdin is not None and remote.stdout is not None
+                remote.stdin.write(f"{count} {conversation.message}\n")
+                remote.stdin.flush()
+                remote.stdout.readline()
+
+            return run
+
+        yield chat, chat_from_another_process
     finally:
         Backend.stream = original  # type: ignore[method-assign]
+        stack.close()
         app.close()
+
+
+REMOTE_CLIENT = """
+import sys
+from gradio_client import Client
+
+client = Client(sys.argv[1], verbose=False)
+for line in sys.stdin:
+    count, message = line.rstrip("\\n").split(" ", 1)
+    for _ in client.submit(message, [], api_name="/chat", max_new_tokens=int(count), temperature=0):
+        pass
+    print("done", flush=True)
+"""
 
 
 def free_port() -> int:
@@ -241,14 +276,16 @@ def report_decoding(backend: InProcessBackend, tokens: int, with_api: bool) -> N
     }
     with contextlib.ExitStack() as stack:
         if with_api:
-            runs["/chat API (client)"] = stack.enter_context(app_client(backend))(conversation)
+            in_process, remote = stack.enter_context(app_client(backend))
+            runs["/chat, client in this process"] = in_process(conversation)
+            runs["/chat, client in own process"] = remote(conversation)
         for run in runs.values():
             run(8)  # warm-up
         rates = decode_rates(runs, tokens)
     bare = rates["bare generate()"]
     print(f"  decoding, {tokens} tokens after a {len(prompt_ids)}-token prompt (tokens/s, median of {DECODE_ROUNDS}):")
     for name, rate in rates.items():
-        print(f"  {name:<22}{rate:>9.1f}  {rate / bare:>5.2f}× bare")
+        print(f"  {name:<32}{rate:>9.1f}  {rate / bare:>5.2f}× bare")
 
 
 def main() -> None:

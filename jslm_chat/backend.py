@@ -24,8 +24,8 @@ from .presets import ModelPreset
 from .prompt import PromptBuilder, RenderedPrompt, TokenizerLike, Turn, get_format
 
 FINISH_REASONS = ("eos", "length", "stopped", "error")
-UPDATE_INTERVAL_SECONDS = 0.02
-"""Backends send the reply's text at most this often (a frame or so): no character waits longer."""
+UPDATE_INTERVAL_SECONDS = 0.033
+"""Backends send the reply's text at most this often (two frames at 60 Hz): no character waits longer."""
 
 
 class GenerationError(RuntimeError):
