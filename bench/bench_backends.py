@@ -233,7 +233,14 @@ def main() -> None:
     parser.add_argument("--wide", action="store_true", help="a random Llama 512 wide, 8 layers (built once)")
     parser.add_argument("--vllm-url", help="a vLLM server already serving the model (default: start one)")
     parser.add_argument("--app", action="store_true", help="also 8 chats through the app vs direct to vLLM")
+    parser.add_argument(
+        "--torch-threads", type=int, help="torch threads in-process (on a busy machine, 1 avoids stalled OpenMP)"
+    )
     args = parser.parse_args()
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     from jslm_chat.demo_model import demo_model_dir
 
     model = args.model or demo_model_dir()
@@ -250,8 +257,9 @@ def main() -> None:
         if args.app:
             direct, through_app, same = app_overhead(backend)
             print(
-                f"\n8 concurrent chats: {direct:.2f} s direct to vLLM, {through_app:.2f} s through the app"
-                f" (throughput {direct / through_app:.2f} of direct; same replies: {same})"
+                f"\n8 concurrent chats (up to {REPLY_TOKENS} tokens each, ending at EOS): {direct:.2f} s direct to"
+                f" vLLM, {through_app:.2f} s through the app: {direct / through_app:.2f} of direct throughput"
+                f" (same replies: {same})"
             )
     finally:
         if server is not None:

