@@ -299,3 +299,17 @@ def test_storage_is_bounded_to_the_newest_conversations(handlers, saved):
 def test_a_conversation_without_a_message_is_titled_new_chat(saved):
     store = {"version": STORE_VERSION, "conversations": [_stored(1, title="", messages=[])]}
     assert saved.load(store)[3] == NEW_CHAT_TITLE
+
+
+def test_thirty_replies_and_their_exports_write_nothing_to_disk(handlers, monkeypatch, tmp_path):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # every temp file of this process lands here
+    history: list = []
+    for turn in range(30):
+        updates = ask(handlers, history[-6:], f"質問 {turn}", max_new_tokens=4)
+        history = updates[-1][0]
+        exported = json.loads(handlers.export_json(history, *values(handlers)))
+        assert exported["messages"][-1]["role"] == "assistant"
+        assert handlers.export_markdown(history, *values(handlers)).startswith("# 会話ログ")
+    assert list(tmp_path.iterdir()) == []
