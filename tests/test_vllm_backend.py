@@ -229,7 +229,7 @@ def test_server_hangs_or_dies_mid_reply_then_comes_back(long_context_vllm_server
     message, seconds = _fail_mid_reply(backend, server, signal.SIGKILL)
     assert seconds < 5
     assert server.url in message and "もう一度送信" in message and "send the message again" in message
-    with pytest.raises(GenerationError, match="Connection(Refused|Reset)Error"):  # while it is down: at once, no hang
+    with pytest.raises(GenerationError, match=r"Connection(Refused|Reset)Error"):  # while it is down: at once, no hang
         list(backend.stream(ask(backend), greedy(5)))
     server.restart()
     again = backend.stream(ask(backend), greedy(20))
