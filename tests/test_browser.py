@@ -217,13 +217,17 @@ def test_retry_undo_and_clear(page):
     expect(page.locator(SAVED)).to_have_count(1)  # Clear starts a new conversation; the old one stays saved
 
 
-def test_editing_an_earlier_message_replaces_the_later_turns_and_undo_still_works(page):
+@pytest.mark.parametrize(("locale", "edit", "submit"), [("ja-JP", "編集", "送信"), ("en-US", "Edit", "Submit")])
+def test_editing_an_earlier_message_replaces_the_later_turns_and_undo_still_works(
+    browser, app_url, locale, edit, submit
+):
+    page = open_page(browser, app_url, locale=locale)
     set_max_new_tokens(page, 16)
     ask(page, "一つ目の質問", 1)
     ask(page, "二つ目の質問", 2)
-    page.locator('#jslm-chatbot button[aria-label="編集"]').first.click()
+    page.locator(f'#jslm-chatbot button[aria-label="{edit}"]').first.click()
     page.locator("#jslm-chatbot textarea").fill("直した質問")
-    page.locator('#jslm-chatbot button[aria-label="送信"]').click()
+    page.locator(f'#jslm-chatbot button[aria-label="{submit}"]').click()
     expect(page.locator(USER)).to_have_count(1, timeout=TIMEOUT_MS)
     expect(page.locator(USER)).to_have_text("直した質問")
     wait_for_reply(page, 1)
