@@ -245,7 +245,9 @@ def _wire_conversations(
     app: gr.Blocks, conversations: ConversationHandlers, w: Widgets, reply_events: list[Any]
 ) -> None:
     """The side panel: restore on load, new chat (also Clear), switch, rename, delete; settings saved on change."""
-    app.load(conversations.load, [w.store], [*w.panel, w.chatbot, *w.controls], api_visibility="private")
+    app.load(conversations.load, [w.store], [*w.panel, w.chatbot, *w.controls], api_visibility="private").then(
+        None, js="() => { document.body.dataset.jslmRestored = 'true'; }", **INSTANT
+    )  # a mark that the page's own state is in place (the browser tests wait for it)
     leaving = [w.store, w.current, w.chatbot, *w.controls]
     for starting in (w.buttons["new_chat"].click, w.buttons["clear"].click, w.chatbot.clear):
         starting(conversations.new_chat, leaving, [*w.panel, *w.emptied], cancels=reply_events, **INSTANT)

@@ -61,7 +61,7 @@ def open_page(browser: Browser, url: str, locale: str = "ja-JP", **options: Any)
     context = browser.new_context(locale=locale, viewport=options.pop("viewport", {"width": 1200, "height": 1300}))
     page = context.new_page()
     page.goto(url)
-    page.wait_for_selector("#jslm-chatbot")
+    page.wait_for_selector("body[data-jslm-restored]")  # saved conversations restored: safe to type
     return page
 
 
@@ -80,6 +80,12 @@ def send(page: Page, text: str) -> None:
     box.press("Enter")
 
 
+def reload(page: Page) -> None:
+    """Reload the page and wait until its saved conversations are restored."""
+    page.reload()
+    page.wait_for_selector("body[data-jslm-restored]")
+
+
 def max_new_tokens_field(page: Page) -> Locator:
     """The max_new_tokens number box, the settings opened if they are closed."""
     field = page.locator("#jslm-max-new-tokens input[type=number]")
@@ -90,10 +96,20 @@ def max_new_tokens_field(page: Page) -> Locator:
 
 
 def set_max_new_tokens(page: Page, value: int) -> None:
+    """Type ``value`` into the max_new_tokens box until the slider shows it.
+
+    Right after the settings open, the box can take a typed value before its slider listens to it
+    (the value is then lost): typing again once it listens is what a person would do.
+    """
     field = max_new_tokens_field(page)
-    field.fill(str(value))
-    field.press("Tab")
-    expect(page.locator("#jslm-max-new-tokens input[type=range]")).to_have_value(str(value))
+    slider = page.locator("#jslm-max-new-tokens input[type=range]")
+
+    def typed() -> bool:
+        field.fill(str(value))
+        field.press("Tab")
+        return slider.input_value() == str(value)
+
+    assert wait_until(typed, timeout=10, interval=0.3), f"max_new_tokens stayed {slider.input_value()}"
 
 
 def wait_for_reply(page: Page, count: int, done: str = "完了") -> str:
@@ -294,7 +310,7 @@ def test_a_restored_conversation_is_checked_and_html_in_a_reply_is_shown_as_text
     good = _saved_item("good", "よい会話", messages)
     bad = _saved_item("bad", "壊れた会話", [{"role": "robot", "content": "x"}])
     write_store(page, {"version": STORE_VERSION, "conversations": [bad, good, "junk"]})
-    page.reload()
+    reload(page)
     page.evaluate("window.pwned = false")
     expect(page.locator(".toast-body")).to_contain_text("破棄しました", timeout=TIMEOUT_MS)
     expect(page.locator(".toast-body")).to_contain_text("dropped")
@@ -304,7 +320,7 @@ def test_a_restored_conversation_is_checked_and_html_in_a_reply_is_shown_as_text
     assert page.evaluate("window.pwned") is False
     assert [item["id"] for item in read_store(page)["conversations"]] == ["good"]  # written back clean
     write_store(page, "not a store at all")
-    page.reload()
+    reload(page)
     expect(page.locator(".toast-body")).to_contain_text("破棄しました", timeout=TIMEOUT_MS)
     expect(page.locator(SAVED)).to_have_count(0)
     expect(page.locator("#jslm-send")).to_be_enabled()  # still a working chat
@@ -319,7 +335,7 @@ def test_saved_conversations_survive_a_reload_keep_their_settings_and_can_be_ren
     set_max_new_tokens(page, 12)
     ask(page, "二つ目の会話です", 1)
     expect(page.locator(SAVED)).to_have_text(["二つ目の会話です", "最初の会話です"])  # newest first
-    page.reload()
+    reload(page)
     page.wait_for_selector("#jslm-chatbot")
     expect(page.locator(USER)).to_have_text(["二つ目の会話です"], timeout=TIMEOUT_MS)  # the newest is open
     expect(page.locator(SAVED)).to_have_count(2)
@@ -328,7 +344,7 @@ def test_saved_conversations_survive_a_reload_keep_their_settings_and_can_be_ren
     expect(page.locator(BOT)).to_have_count(1)
     expect(max_new_tokens_field(page)).to_have_value("20")  # its own settings
     set_max_new_tokens(page, 30)  # a changed setting is saved at once: the conversation becomes the newest
-    page.reload()
+    reload(page)
     expect(page.locator(USER)).to_have_text(["最初の会話です"], timeout=TIMEOUT_MS)
     expect(max_new_tokens_field(page)).to_have_value("30")
     page.locator("#jslm-title textarea").fill("大事な会話")
@@ -337,7 +353,7 @@ def test_saved_conversations_survive_a_reload_keep_their_settings_and_can_be_ren
     page.locator("#jslm-delete").click()
     expect(page.locator(SAVED)).to_have_text(["二つ目の会話です"])
     expect(page.locator(USER)).to_have_count(0)
-    page.reload()
+    reload(page)
     expect(page.locator(SAVED)).to_have_text(["二つ目の会話です"], timeout=TIMEOUT_MS)
     titles = [item["title"] for item in read_store(page)["conversations"]]
     assert titles == ["二つ目の会話です"]
@@ -349,7 +365,7 @@ def test_two_browsers_see_only_their_own_conversations(browser, app_url):
         set_max_new_tokens(page, 8)
         ask(page, text, 1)
     for page, text in ((first, "一人目の会話"), (second, "二人目の会話")):
-        page.reload()
+        reload(page)
         expect(page.locator(SAVED)).to_have_text([text], timeout=TIMEOUT_MS)
         expect(page.locator(USER)).to_have_text([text])
         page.context.close()
