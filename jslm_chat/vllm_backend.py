@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from .backend import UPDATE_INTERVAL_SECONDS, Backend, GenerationError, ReplyStream
+from .backend import Backend, GenerationError, ReplyStream
 from .detokenizer import IncrementalDetokenizer
 from .params import GenerationParams
 from .presets import ModelPreset
@@ -207,7 +207,6 @@ class VllmReply(ReplyStream):
 
     def _generate(self) -> Iterator[str]:
         threading.Thread(target=self._read, name="jslm-vllm-read", daemon=True).start()
-        unsent, sent_at = "", 0.0
         for event in self._server_events():
             if "error" in event:  # a mid-stream error comes as an event, after HTTP 200
                 raise self._error(f"vLLM: {_error_message(event)}")
@@ -215,27 +214,12 @@ class VllmReply(ReplyStream):
             for choice in event.get("choices") or []:
                 ids = choice.get("token_ids") or []
                 self._count_tokens(len(ids))
-                unsent += self._detokenizer.feed(ids)
+                text = self._detokenizer.feed(ids)
+                if text:
+                    yield text
                 self._finish(choice.get("finish_reason"))
-            if unsent and self._time_to_send(sent_at):
-                yield unsent
-                unsent, sent_at = "", time.monotonic()
-        if unsent:
-            yield unsent
         if self.finish_reason is None and not self.stopped:  # [DONE] with no reason: vLLM gave up on it
             raise self._error("返信が途中で終わりました / the reply ended unfinished")
-
-    def _time_to_send(self, sent_at: float) -> bool:
-        """Whether the text so far goes out now: at most once per update interval, together with
-        whatever is already queued behind it (so a fast server costs one UI update per interval,
-        not one per token, and no character waits longer than the interval)."""
-        wait = sent_at + UPDATE_INTERVAL_SECONDS - time.monotonic()
-        if wait <= 0:
-            return True
-        if not self._events.empty():
-            return False  # the next event comes at once; the interval ends soon after
-        self._stop.wait(wait)
-        return self._events.empty()  # more came meanwhile: take it along, the interval is over now
 
     def _finish(self, reason: str | None) -> None:
         """Map vLLM's finish reason; one it gives on its own (``abort``) is an error."""
