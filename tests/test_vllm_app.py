@@ -16,6 +16,7 @@ from jslm_chat.settings import Settings
 from jslm_chat.vllm_backend import VllmBackend
 
 vllm_server = servers.vllm_server
+long_context_vllm_server = servers.long_context_vllm_server
 HISTORY = [{"role": "user", "content": "こんにちは"}, {"role": "assistant", "content": "こんにちは！"}]
 
 
@@ -56,12 +57,22 @@ def test_chat_streams_and_the_same_seed_reproduces(vllm_app):
     assert not generation_threads()  # nothing ran in this process
 
 
-def test_cancelling_a_chat_job_aborts_the_request_on_the_server(vllm_app, endless_replies):
-    url, service = vllm_app
-    job = Client(url, verbose=False).submit("長い話をしてください。", [], max_new_tokens=1900, api_name="/chat")
-    assert wait_until(lambda: service.backend.requests_in_flight() == 1, timeout=60, interval=0.01)
-    job.cancel()
-    assert wait_until(lambda: service.backend.requests_in_flight() == 0, timeout=1.5), "vLLM kept generating"
+@pytest.mark.usefixtures("endless_replies")  # the API has no ignore_eos: without it the demo model ends at once
+def test_cancelling_a_chat_job_aborts_the_request_on_the_server(long_context_vllm_server):
+    # A reply of up to 15,000 tokens (several seconds even on this tiny model); greedy, as that server needs.
+    backend = load_for(Settings(demo=True, backend="vllm", vllm_url=long_context_vllm_server.url))
+    app, url, _ = launch_app(backend, max_new_tokens_limit=15_000)
+    try:
+        job = Client(url, verbose=False).submit(
+            "長い話をしてください。", [], max_new_tokens=15_000, temperature=0.0, api_name="/chat"
+        )
+        assert wait_until(lambda: len(job.outputs()) >= 2, timeout=60)
+        assert wait_until(lambda: backend.requests_in_flight() == 1, timeout=30, interval=0.05)
+        job.cancel()
+        assert wait_until(lambda: backend.requests_in_flight() == 0, timeout=1.5), "vLLM kept generating"
+        assert len(job.outputs()[-1]) < 15_000  # it did not run to the end
+    finally:
+        app.close()
 
 
 def test_an_unreachable_server_at_start_is_one_clear_message_and_exit_1():
