@@ -28,6 +28,13 @@ UPDATE_INTERVAL_SECONDS = 0.033
 """Backends send the reply's text at most this often (two frames at 60 Hz): no character waits longer."""
 
 
+def finish_reason(stopped: bool, new_tokens: int, max_new_tokens: int) -> str:
+    """``stopped``, ``length`` or ``eos``, for a generation that ended without an error."""
+    if stopped:
+        return "stopped"
+    return "length" if new_tokens >= max_new_tokens else "eos"
+
+
 class GenerationError(RuntimeError):
     """Generation failed (out of GPU memory, the engine died or timed out); the message is bilingual."""
 
@@ -99,7 +106,7 @@ class ReplyStream(ABC):
                     self.text += piece
                     yield self.text
             if self.finish_reason is None:
-                self.finish_reason = self._finish_reason_after_decoding()
+                self.finish_reason = finish_reason(self.stopped, self.new_tokens, self.params.max_new_tokens)
         except GenerationError:
             self.finish_reason = "error"
             raise
@@ -130,12 +137,6 @@ class ReplyStream(ABC):
         self.new_tokens += count
         self._first_token_at = self._first_token_at or now
         self._last_token_at = now
-
-    def _finish_reason_after_decoding(self) -> str:
-        """``stopped``, ``length`` or ``eos``, for a generation that ended without an error."""
-        if self.stopped:
-            return "stopped"
-        return "length" if self.new_tokens >= self.params.max_new_tokens else "eos"
 
     @abstractmethod
     def _generate(self) -> Iterator[str]:

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache, GenerationConfig, StoppingCriteria
 
-from .backend import UPDATE_INTERVAL_SECONDS
+from .backend import UPDATE_INTERVAL_SECONDS, finish_reason
 from .kv_cache import PrefixCachePool
 from .params import GenerationParams
 from .streaming import JapaneseTextStreamer
@@ -179,9 +179,7 @@ class _Generation:
         steps, reused = self.counter.steps, self.reused_tokens
         if self.error is not None:
             return Finished("error", steps, reused, describe_generation_error(self.error))
-        if self.counter.stopped:
-            return Finished("stopped", steps, reused)
-        return Finished("length" if steps >= self.params.max_new_tokens else "eos", steps, reused)
+        return Finished(finish_reason(self.counter.stopped, steps, self.params.max_new_tokens), steps, reused)
 
     def _run(self) -> None:
         try:
