@@ -20,8 +20,8 @@ import anyio
 
 from .admission import Admission, BusyError, Ticket
 from .backend import Backend, Conversation, GenerationError, ReplyStream
-from .history import ChatInputError, checked_text, split_history
-from .params import SYSTEM_PROMPT, GenerationParams, InvalidParameterError
+from .history import ChatInputError, split_history
+from .params import SYSTEM_PROMPT, GenerationParams, InvalidParameterError, checked_text
 from .prompt import PromptInputError, PromptTooLongError, RenderedPrompt
 
 logger = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ class ChatService:
         With ``continue_reply``, the history's last message is a reply that was cut off: the new
         reply continues it (``message`` must then be empty).
         """
-        text = checked_text("message", message, MAX_MESSAGE_CHARS)
+        text = checked_text("message", message, MAX_MESSAGE_CHARS, ChatInputError)
         turns, user, partial = split_history(history, continue_reply=continue_reply)
         if continue_reply:
             if text.strip():

@@ -24,19 +24,6 @@ class ChatInputError(ValueError):
     """The message or history cannot be used (empty, malformed, too large, unreadable text)."""
 
 
-def checked_text(name: str, value: object, max_chars: int | None = None) -> str:
-    """``value`` as text of at most ``max_chars`` characters (``prompt`` refuses unencodable text)."""
-    text = "" if value is None else value
-    if not isinstance(text, str):
-        raise ChatInputError(f"{name} は文字列にしてください / {name} must be a string, got {type(value).__name__}")
-    if max_chars is not None and len(text) > max_chars:
-        raise ChatInputError(
-            f"{name} が長すぎます（{len(text):,} 文字。{max_chars:,} 文字まで） / "
-            f"{name} is too long: {len(text):,} characters, at most {max_chars:,}"
-        )
-    return text
-
-
 def content_text(content: object) -> str:
     """The plain text of a message's content: a string, a text block, or a list of text blocks."""
     if content is None:  # a reply stopped before its first token

@@ -45,7 +45,7 @@ class Setting:
         if self.optional and (value is None or (isinstance(value, str) and not value.strip())):
             return None
         if self.kind is str:
-            return _text(self.name, value, self.max_chars)
+            return checked_text(self.name, value, self.max_chars)
         if self.kind is bool:
             return bool(value)
         bounds = (self.low, high if self.high is None else self.high)
@@ -115,15 +115,18 @@ SETTINGS: tuple[Setting, ...] = (SYSTEM_PROMPT, *PARAM_SETTINGS)
 SHOWN_SETTINGS: tuple[Setting, ...] = tuple(spec for spec in SETTINGS if spec.shown)
 
 
-def _text(name: str, value: object, max_chars: int | None) -> str:
+def checked_text(
+    name: str, value: object, max_chars: int | None, error: type[ValueError] = InvalidParameterError
+) -> str:
+    """``value`` as text (``None`` is empty) of at most ``max_chars`` characters; else ``error``, bilingual."""
     text = "" if value is None else value
     if not isinstance(text, str):
-        raise InvalidParameterError(
+        raise error(
             f"{name} は文字列で指定してください（{type(value).__name__} が渡されました）。"
             f" / {name} must be a string, got {type(value).__name__}."
         )
     if max_chars is not None and len(text) > max_chars:
-        raise InvalidParameterError(
+        raise error(
             f"{name} が長すぎます（{len(text):,} 文字。{max_chars:,} 文字まで）。"
             f" / {name} is too long: {len(text):,} characters, at most {max_chars:,}."
         )
