@@ -14,12 +14,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from . import file_lock
 from .export import conversation_messages
-
-try:
-    import fcntl
-except ImportError:  # Windows: the thread lock alone
-    fcntl = None  # type: ignore[assignment]  # the module is optional there
 
 FILE_NAME = "feedback.jsonl"
 
@@ -44,8 +40,6 @@ class FeedbackLog:
             "metadata": dict(metadata),
         }
         line = json.dumps(entry, ensure_ascii=False) + "\n"
-        with self._lock, self.path.open("a", encoding="utf-8") as file:
-            if fcntl is not None:
-                fcntl.flock(file, fcntl.LOCK_EX)
+        with self._lock, self.path.open("a", encoding="utf-8") as file, file_lock.exclusive(file):
             file.write(line)
             file.flush()

@@ -9,13 +9,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from .. import file_lock
 from .build import build_demo_model
 from .recipe import build_key
-
-try:
-    import fcntl
-except ImportError:  # Windows: no lock, the atomic rename still keeps the cache consistent.
-    fcntl = None  # type: ignore[assignment]
 
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 
@@ -31,16 +27,10 @@ def _is_complete(path: Path) -> bool:
 
 @contextlib.contextmanager
 def _exclusive_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created if missing); a no-op without fcntl."""
-    if fcntl is None:
+    """Hold an exclusive lock on ``path`` (created if missing). Without locks (Windows) the atomic
+    rename still keeps the cache consistent."""
+    with open(path, "a+b") as handle, file_lock.exclusive(handle):
         yield
-        return
-    with open(path, "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _build_into(root: Path, target: Path) -> None:
@@ -78,7 +68,7 @@ def demo_model_dir(cache_dir: Path | None = None) -> Path:
             return target
         if target.exists():  # a damaged leftover: start again
             shutil.rmtree(target)
-        if fcntl is not None:  # under the lock, partial builds of this target are from killed processes
+        if file_lock.AVAILABLE:  # under the lock, partial builds of this target are from killed processes
             for stale in root.glob(f".{target.name}.*.partial"):
                 shutil.rmtree(stale, ignore_errors=True)
         _build_into(root, target)
