@@ -3,6 +3,7 @@
     python bench/bench_backends.py              # the demo model (tiny: per-token overheads dominate)
     python bench/bench_backends.py --wide       # a random Llama 512 wide, 8 layers, 4,096 context
     python bench/bench_backends.py --app        # also: 8 chats through the app vs direct to vLLM
+    python bench/bench_backends.py --app-only   # only that
     python bench/bench_backends.py --model DIR --vllm-url http://127.0.0.1:8000   # a running server
 
 Prints, for each backend: single-stream tokens/s; aggregate tokens/s with 1, 4 and 8 concurrent
@@ -166,8 +167,8 @@ def in_process(model: Path) -> tuple[Backend, Callable[[], bool]]:
     return load_engine(str(model), device="cpu", dtype="float32"), idle
 
 
-def app_overhead(backend: VllmBackend, chats: int = 8) -> tuple[float, float, bool]:
-    """Wall seconds of ``chats`` concurrent chats sent to vLLM directly, then through the app's ``/chat``.
+def app_overhead(backend: VllmBackend, chats: int = 8, rounds: int = RUNS) -> list[tuple[float, float, bool]]:
+    """Per round, wall seconds of ``chats`` concurrent chats sent to vLLM directly, then through ``/chat``.
 
     The same seeded requests both ways (the API has no ``ignore_eos``: replies end at EOS), so
     the work is identical; the third value says whether the texts matched.
@@ -177,25 +178,27 @@ def app_overhead(backend: VllmBackend, chats: int = 8) -> tuple[float, float, bo
     from jslm_chat.server import create_app, launch
     from jslm_chat.settings import Settings
 
-    direct, direct_texts = concurrent(backend, chats, ignore_eos=False)
     settings = Settings(model=backend.served_model, backend="vllm", vllm_url=backend.endpoint.url, port=free_port())
     app, service = create_app(settings, backend=backend)
     _, url, _ = launch(app, service, settings, block=False)
+    request = params(REPLY_TOKENS, 0, ignore_eos=False)
+    sampling = {name: getattr(request, name) for name in ("max_new_tokens", "temperature", "top_p", "top_k")}
+    sampling["repetition_penalty"] = request.repetition_penalty
+    figures = []
     try:
         clients = [Client(url, verbose=False) for _ in range(chats)]
-        request = params(REPLY_TOKENS, 0, ignore_eos=False)
-        sampling = {name: getattr(request, name) for name in ("max_new_tokens", "temperature", "top_p", "top_k")}
-        sampling["repetition_penalty"] = request.repetition_penalty
-        started = time.perf_counter()
-        jobs = [
-            client.submit(question(i), [], system_prompt=SYSTEM, seed=i, api_name="/chat", **sampling)
-            for i, client in enumerate(clients)
-        ]
-        texts = [job.result() for job in jobs]
-        through_app = time.perf_counter() - started
+        for _ in range(rounds):
+            direct, direct_texts = concurrent(backend, chats, ignore_eos=False)
+            started = time.perf_counter()
+            jobs = [
+                client.submit(question(i), [], system_prompt=SYSTEM, seed=i, api_name="/chat", **sampling)
+                for i, client in enumerate(clients)
+            ]
+            texts = [job.result() for job in jobs]
+            figures.append((direct, time.perf_counter() - started, texts == direct_texts))
     finally:
         app.close()
-    return direct, through_app, texts == direct_texts
+    return figures
 
 
 def build_wide_model(folder: Path, tokenizer_source: Path) -> Path:
@@ -233,6 +236,7 @@ def main() -> None:
     parser.add_argument("--wide", action="store_true", help="a random Llama 512 wide, 8 layers (built once)")
     parser.add_argument("--vllm-url", help="a vLLM server already serving the model (default: start one)")
     parser.add_argument("--app", action="store_true", help="also 8 chats through the app vs direct to vLLM")
+    parser.add_argument("--app-only", action="store_true", help="only the app-vs-direct figure (implies --app)")
     parser.add_argument(
         "--torch-threads", type=int, help="torch threads in-process (on a busy machine, 1 avoids stalled OpenMP)"
     )
@@ -248,19 +252,21 @@ def main() -> None:
         model = build_wide_model(Path.home() / ".cache" / "jslm-chat" / "bench-wide-llama", demo_model_dir())
     server = None if args.vllm_url else start_server(model)
     try:
-        engine, engine_idle = in_process(model)
-        results = {"in-process": measure("in-process", engine, engine_idle)}
-        engine.close()
         backend = VllmBackend.connect(args.vllm_url or server.url, resolve_preset(str(model)), str(model))
-        results["vLLM"] = measure("vLLM", backend, lambda: backend.requests_in_flight() == 0)
-        report(f"{model} ({backend.context_length:,} tokens of context)", results)
-        if args.app:
-            direct, through_app, same = app_overhead(backend)
-            print(
-                f"\n8 concurrent chats (up to {REPLY_TOKENS} tokens each, ending at EOS): {direct:.2f} s direct to"
-                f" vLLM, {through_app:.2f} s through the app: {direct / through_app:.2f} of direct throughput"
-                f" (same replies: {same})"
-            )
+        if not args.app_only:
+            engine, engine_idle = in_process(model)
+            results = {"in-process": measure("in-process", engine, engine_idle)}
+            engine.close()
+            results["vLLM"] = measure("vLLM", backend, lambda: backend.requests_in_flight() == 0)
+            report(f"{model} ({backend.context_length:,} tokens of context)", results)
+        if args.app or args.app_only:
+            figures = app_overhead(backend)
+            print(f"\n8 concurrent chats (up to {REPLY_TOKENS} tokens each, ending at EOS), direct to vLLM | the app:")
+            for direct, through_app, same in figures:
+                ratio = direct / through_app
+                print(f"  {direct:.2f} s | {through_app:.2f} s: {ratio:.2f} of direct (same replies: {same})")
+            ratio = statistics.median(direct / through_app for direct, through_app, _ in figures)
+            print(f"  median: {ratio:.2f} of direct throughput (goal >= 0.9)")
     finally:
         if server is not None:
             server.stop()

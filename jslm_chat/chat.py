@@ -14,15 +14,13 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import anyio
 
 from .admission import Admission, BusyError, Ticket
-from .backend import Backend, Conversation, GenerationError, ReplyStream
+from .backend import UPDATE_INTERVAL_SECONDS, Backend, Conversation, GenerationError, ReplyStream
 from .history import ChatInputError, split_history
 from .params import SYSTEM_PROMPT, GenerationParams, InvalidParameterError, checked_text
 from .prompt import PromptInputError, PromptTooLongError, RenderedPrompt
+from .relay import FrameRelay
 
 logger = logging.getLogger(__name__)
 
@@ -187,23 +185,16 @@ class ChatService:
                 del self._jobs[session]
 
 
-_END = object()
-
-
-def _next_event(events: Iterator[ChatEvent]) -> Any:
-    return next(events, _END)
-
-
 async def stream_events(service: ChatService, job: ReplyJob, session: str | None = None) -> AsyncIterator[ChatEvent]:
-    """The job's events for an async consumer (Gradio); cancelling it stops the job at once.
+    """The job's events for an async consumer (Gradio), at most one update per display frame.
 
-    Gradio cancels an event (Stop, Clear, a closed tab, ``job.cancel()`` from a client) by
-    cancelling its task: the ``await`` below then raises at once, whatever the job is doing (in
-    line, prefilling, decoding), and ``finally`` stops the job without waiting for it.
+    Cancelling the consumer stops the job at once: Gradio cancels an event (Stop, Clear, a closed
+    tab, ``job.cancel()`` from a client) by cancelling its task, the ``await`` inside the relay then
+    raises whatever the job is doing (in line, prefilling, decoding), and ``finally`` stops the job
+    without waiting for it.
     """
-    events = job.events()
     try:
-        while (event := await anyio.to_thread.run_sync(_next_event, events, abandon_on_cancel=True)) is not _END:
+        async for event in FrameRelay(job.events(), UPDATE_INTERVAL_SECONDS, final=Done):
             yield event
     finally:
         job.stop()

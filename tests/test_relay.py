@@ -1,0 +1,96 @@
+"""FrameRelay: events from a thread to an async consumer, merged to one update per frame."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from jslm_chat.relay import FrameRelay
+
+FRAME = 0.033
+
+
+class Final(int):
+    """The last event of a stream: never merged away."""
+
+
+async def collect(relay: FrameRelay[int]) -> list[int]:
+    return [event async for event in relay]
+
+
+def test_a_fast_stream_is_merged_to_its_newest_updates_and_keeps_its_final_event():
+    def events() -> Iterator[int]:
+        yield from range(1, 20_001)
+        yield Final(-1)
+
+    async def run() -> list[int]:
+        return await collect(FrameRelay(events(), FRAME, final=Final))
+
+    started = time.monotonic()
+    received = asyncio.run(run())
+    assert isinstance(received[-1], Final) and received[-2] == 20_000
+    assert received[:-1] == sorted(received[:-1])
+    frames = (time.monotonic() - started) / FRAME + 2
+    assert len(received) <= frames < 200, received  # 20,000 updates became a handful
+
+
+def test_a_consumer_that_keeps_up_gets_every_event_in_order():
+    delivered = [threading.Event() for _ in range(6)]
+
+    def events() -> Iterator[int]:
+        for i in range(6):
+            yield i
+            assert delivered[i].wait(10)  # the next one only once this one has been received
+
+    async def run() -> list[int]:
+        received = []
+        async for event in FrameRelay(events(), FRAME, final=Final):
+            received.append(event)
+            delivered[event].set()
+        return received
+
+    assert asyncio.run(run()) == [0, 1, 2, 3, 4, 5]
+
+
+def test_an_error_in_the_thread_reaches_the_consumer_after_the_updates_before_it():
+    failure = RuntimeError("the engine broke")
+
+    def events() -> Iterator[int]:
+        yield 1
+        raise failure
+
+    async def run(received: list[int]) -> None:
+        async for event in FrameRelay(events(), FRAME, final=Final):
+            received.append(event)
+
+    received: list[int] = []
+    with pytest.raises(RuntimeError) as caught:
+        asyncio.run(run(received))
+    assert caught.value is failure and received == [1]
+
+
+def test_cancelling_the_consumer_returns_at_once_while_the_thread_still_blocks():
+    release = threading.Event()
+
+    def events() -> Iterator[int]:
+        yield 1
+        release.wait(10)
+        yield 2
+
+    async def run() -> float:
+        task = asyncio.create_task(collect(FrameRelay(events(), FRAME, final=Final)))
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return time.monotonic() - started
+
+    try:
+        assert asyncio.run(run()) < 0.5
+    finally:
+        release.set()
