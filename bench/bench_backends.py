@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -171,10 +173,9 @@ def app_overhead(backend: VllmBackend, chats: int = 8, rounds: int = RUNS) -> li
     """Per round, wall seconds of ``chats`` concurrent chats sent to vLLM directly, then through ``/chat``.
 
     The same seeded requests both ways (the API has no ``ignore_eos``: replies end at EOS), so
-    the work is identical; the third value says whether the texts matched.
+    the work is identical; the third value says whether the texts matched. The app's clients run
+    in a process of their own, as real clients (browsers, scripts) do.
     """
-    from gradio_client import Client
-
     from jslm_chat.server import create_app, launch
     from jslm_chat.settings import Settings
 
@@ -184,21 +185,61 @@ def app_overhead(backend: VllmBackend, chats: int = 8, rounds: int = RUNS) -> li
     request = params(REPLY_TOKENS, 0, ignore_eos=False)
     sampling = {name: getattr(request, name) for name in ("max_new_tokens", "temperature", "top_p", "top_k")}
     sampling["repetition_penalty"] = request.repetition_penalty
+    chats_sent = [
+        {"message": question(i), "history": [], "seed": i, "system_prompt": SYSTEM, **sampling} for i in range(chats)
+    ]
+    command = [sys.executable, "-c", REMOTE_CLIENTS, url, str(chats)]
+    clients = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert clients.stdin is not None and clients.stdout is not None
     figures = []
     try:
-        clients = [Client(url, verbose=False) for _ in range(chats)]
         for _ in range(rounds):
             direct, direct_texts = concurrent(backend, chats, ignore_eos=False)
-            started = time.perf_counter()
-            jobs = [
-                client.submit(question(i), [], system_prompt=SYSTEM, seed=i, api_name="/chat", **sampling)
-                for i, client in enumerate(clients)
-            ]
-            texts = [job.result() for job in jobs]
-            figures.append((direct, time.perf_counter() - started, texts == direct_texts))
+            clients.stdin.write(json.dumps(chats_sent) + "\n")
+            clients.stdin.flush()
+            answer = json.loads(clients.stdout.readline())
+            figures.append((direct, answer["seconds"], answer["texts"] == direct_texts))
     finally:
+        clients.kill()
         app.close()
     return figures
+
+
+REMOTE_CLIENTS = """
+import json, sys, time, urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+url = sys.argv[1]
+info = json.loads(urllib.request.urlopen(url + "gradio_api/info").read())
+parameters = info["named_endpoints"]["/chat"]["parameters"]
+
+
+def chat(values):
+    data = [values.get(p["parameter_name"], p["parameter_default"]) for p in parameters]
+    body = json.dumps({"data": data}).encode()
+    call = urllib.request.Request(url + "gradio_api/call/chat", body, {"Content-Type": "application/json"})
+    event_id = json.loads(urllib.request.urlopen(call).read())["event_id"]
+    text, event = None, None
+    with urllib.request.urlopen(url + "gradio_api/call/chat/" + event_id) as stream:
+        for line in stream:
+            if line.startswith(b"event:"):
+                event = line[6:].strip()
+            elif line.startswith(b"data:") and event in (b"generating", b"complete"):
+                text = json.loads(line[5:])[0]
+                if event == b"complete":
+                    return text
+    raise RuntimeError(f"no reply: {event} {text}")
+
+
+with ThreadPoolExecutor(int(sys.argv[2])) as pool:
+    for line in sys.stdin:
+        chats = json.loads(line)
+        started = time.perf_counter()
+        texts = list(pool.map(chat, chats))
+        print(json.dumps({"seconds": time.perf_counter() - started, "texts": texts}), flush=True)
+"""
+"""8 clients of the app's HTTP API (the ``curl`` protocol: ``POST /gradio_api/call/chat``, then its SSE
+stream), as light as a client can be, so the figure is the app's cost, not a client library's."""
 
 
 def build_wide_model(folder: Path, tokenizer_source: Path) -> Path:
@@ -219,11 +260,20 @@ def build_wide_model(folder: Path, tokenizer_source: Path) -> Path:
     return folder
 
 
-def start_server(model: Path) -> VllmServer:
-    """vLLM on ``model``, its whole window, prefill budget with headroom (DESIGN.md §9)."""
+def cores(taskset_list: str) -> set[int]:
+    """The cores of a ``taskset`` list such as ``0`` or ``0,2-3``."""
+    found: set[int] = set()
+    for part in taskset_list.split(","):
+        first, _, last = part.partition("-")
+        found.update(range(int(first), int(last or first) + 1))
+    return found
+
+
+def start_server(model: Path, cpus: str | None = None) -> VllmServer:
+    """vLLM on ``model`` (on ``cpus`` only, if given), its whole window, prefill budget with headroom (DESIGN.md §9)."""
     context = json.loads((model / "config.json").read_text())["max_position_embeddings"]
     args = ("--max-model-len", str(context), "--max-num-batched-tokens", str(context + 16), "--max-num-seqs", "16")
-    server = VllmServer(vllm_python(), model, Path("/tmp") / "bench-backends-vllm.log", args=args)
+    server = VllmServer(vllm_python(), model, Path("/tmp") / "bench-backends-vllm.log", args=args, cpus=cpus)
     print(f"starting vLLM ({server.python}) on {model} ...", flush=True)
     server.start()
     server.wait_ready()
@@ -238,6 +288,12 @@ def main() -> None:
     parser.add_argument("--app", action="store_true", help="also 8 chats through the app vs direct to vLLM")
     parser.add_argument("--app-only", action="store_true", help="only the app-vs-direct figure (implies --app)")
     parser.add_argument(
+        "--pin-vllm",
+        metavar="CPUS",
+        help="run vLLM on these cores (taskset list, e.g. 0) and this process, the app and its clients on the others,"
+        " as on a GPU host where the engine does not take the front end's CPU",
+    )
+    parser.add_argument(
         "--torch-threads", type=int, help="torch threads in-process (on a busy machine, 1 avoids stalled OpenMP)"
     )
     args = parser.parse_args()
@@ -250,7 +306,9 @@ def main() -> None:
     model = args.model or demo_model_dir()
     if args.wide:
         model = build_wide_model(Path.home() / ".cache" / "jslm-chat" / "bench-wide-llama", demo_model_dir())
-    server = None if args.vllm_url else start_server(model)
+    server = None if args.vllm_url else start_server(model, cpus=args.pin_vllm)
+    if args.pin_vllm:
+        os.sched_setaffinity(0, os.sched_getaffinity(0) - cores(args.pin_vllm))
     try:
         backend = VllmBackend.connect(args.vllm_url or server.url, resolve_preset(str(model)), str(model))
         if not args.app_only:

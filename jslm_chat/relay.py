@@ -41,6 +41,7 @@ class FrameRelay(Generic[Event]):
         self._pending: list[Event | _Ended] = []
         self._loop = asyncio.get_running_loop()
         self._arrived = asyncio.Event()
+        self._ended = asyncio.Event()  # the last event is in: send it without waiting for the frame
         threading.Thread(target=self._produce, name="jslm-reply-events", daemon=True).start()
 
     def _produce(self) -> None:
@@ -56,18 +57,22 @@ class FrameRelay(Generic[Event]):
         with self._lock:
             self._pending.append(item)
             wake = len(self._pending) == 1
-        if wake:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens any more
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens any more
+            if wake:
                 self._loop.call_soon_threadsafe(self._arrived.set)
+            if isinstance(item, _Ended | self._final):
+                self._loop.call_soon_threadsafe(self._ended.set)
 
     async def _batches(self) -> AsyncIterator[list[Event | _Ended]]:
-        """Everything that arrived since the last batch, no sooner than one frame after an update."""
+        """Everything that arrived since the last batch, no sooner than one frame after an update
+        (the last event of the stream goes out at once)."""
         sent_at = -self._frame_seconds
         while True:
             await self._arrived.wait()
             wait = sent_at + self._frame_seconds - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
+            if wait > 0 and not self._ended.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._ended.wait(), wait)
             with self._lock:
                 batch, self._pending = self._pending, []
                 self._arrived.clear()

@@ -77,11 +77,14 @@ def http_status(url: str, timeout: float = 2.0) -> int | None:
 class VllmServer:
     """One ``vllm.entrypoints.openai.api_server`` process (its own process group), restartable."""
 
-    def __init__(self, python: Path, model: Path, log_path: Path, *, args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, python: Path, model: Path, log_path: Path, *, args: tuple[str, ...] = (), cpus: str | None = None
+    ) -> None:
         self.python = python
         self.model = model
         self.log_path = log_path
         self.args = args
+        self.cpus = cpus  # e.g. "0": run vLLM on these cores only (``taskset``), leaving the others free
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
@@ -91,6 +94,9 @@ class VllmServer:
         command = [str(self.python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model)]
         command += ["--dtype", "float32", "--host", "127.0.0.1", "--port", str(self.port), *self.args]
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
+        if self.cpus is not None:
+            command = ["taskset", "-c", self.cpus, *command]
+            env["VLLM_CPU_OMP_THREADS_BIND"] = self.cpus
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.log_path.parent, start_new_session=True
