@@ -188,7 +188,7 @@ def app_overhead(backend: VllmBackend, chats: int = 8, rounds: int = RUNS) -> li
     chats_sent = [
         {"message": question(i), "history": [], "seed": i, "system_prompt": SYSTEM, **sampling} for i in range(chats)
     ]
-    command = [sys.executable, "-c", REMOTE_CLIENTS, url, str(chats)]
+    command = [sys.executable, str(Path(__file__).with_name("api_client.py")), url]
     clients = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert clients.stdin is not None and clients.stdout is not None
     figures = []
@@ -203,43 +203,6 @@ def app_overhead(backend: VllmBackend, chats: int = 8, rounds: int = RUNS) -> li
         clients.kill()
         app.close()
     return figures
-
-
-REMOTE_CLIENTS = """
-import json, sys, time, urllib.request
-from concurrent.futures import ThreadPoolExecutor
-
-url = sys.argv[1]
-info = json.loads(urllib.request.urlopen(url + "gradio_api/info").read())
-parameters = info["named_endpoints"]["/chat"]["parameters"]
-
-
-def chat(values):
-    data = [values.get(p["parameter_name"], p["parameter_default"]) for p in parameters]
-    body = json.dumps({"data": data}).encode()
-    call = urllib.request.Request(url + "gradio_api/call/chat", body, {"Content-Type": "application/json"})
-    event_id = json.loads(urllib.request.urlopen(call).read())["event_id"]
-    text, event = None, None
-    with urllib.request.urlopen(url + "gradio_api/call/chat/" + event_id) as stream:
-        for line in stream:
-            if line.startswith(b"event:"):
-                event = line[6:].strip()
-            elif line.startswith(b"data:") and event in (b"generating", b"complete"):
-                text = json.loads(line[5:])[0]
-                if event == b"complete":
-                    return text
-    raise RuntimeError(f"no reply: {event} {text}")
-
-
-with ThreadPoolExecutor(int(sys.argv[2])) as pool:
-    for line in sys.stdin:
-        chats = json.loads(line)
-        started = time.perf_counter()
-        texts = list(pool.map(chat, chats))
-        print(json.dumps({"seconds": time.perf_counter() - started, "texts": texts}), flush=True)
-"""
-"""8 clients of the app's HTTP API (the ``curl`` protocol: ``POST /gradio_api/call/chat``, then its SSE
-stream), as light as a client can be, so the figure is the app's cost, not a client library's."""
 
 
 def build_wide_model(folder: Path, tokenizer_source: Path) -> Path:

@@ -11,7 +11,7 @@ For the offline demo model and a wider random Llama (hidden 512, 8 layers, the d
 - decoding speed (tokens/s after the first token, median of 3) of a bare ``model.generate()``, then
   with the stop-and-count criterion, then with the streamer as well, then through the backend's
   ``stream()`` (thread and queue hand-off included) and through the app's ``/chat`` API (Gradio,
-  HTTP, the client); each with its ratio to bare ``generate()`` (goal >= 0.95).
+  HTTP, a plain HTTP client); each with its ratio to bare ``generate()`` (goal >= 0.95).
 
 One torch thread by default: on a busy 2-core machine two threads make a small model's step
 times vary 15-fold (each operator waits for the core another process holds); ``--threads 0``
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import os
 import statistics
 import subprocess
@@ -37,6 +38,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # api_client
 
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -57,7 +59,7 @@ ANSWER = "日本の文化はとても奥が深く、季節の行事や食べ物�
 TURNS = 10
 TTFT_REPLY_TOKENS = 32
 RUNS = 3
-DECODE_ROUNDS = 7
+DECODE_ROUNDS = 15
 
 
 def greedy(max_new_tokens: int) -> GenerationParams:
@@ -192,10 +194,12 @@ def backend_stream(backend: Backend, conversation: Conversation) -> Callable[[in
 
 @contextlib.contextmanager
 def app_client(backend: Backend) -> Iterator[tuple[Callable[[Conversation], Callable[[int], Any]], ...]]:
-    """The app serving ``backend`` on a free port; yields makers of ``/chat`` runs through ``gradio_client``:
-    one with the client in this process, one with the client in a process of its own (as any real
-    client is: a browser, a script), whose work then no longer shares this process with the server's."""
-    from gradio_client import Client
+    """The app serving ``backend`` on a free port; yields makers of ``/chat`` runs through its plain
+    HTTP API (``bench/api_client.py``): one with the client in this process, one with the client in
+    a process of its own (as any real client is: a browser, a script), whose work then no longer
+    shares this process with the server's."""
+    from api_client import chat as api_chat
+    from api_client import chat_parameters
 
     from jslm_chat.server import create_app, launch
     from jslm_chat.settings import Settings
@@ -210,28 +214,24 @@ def app_client(backend: Backend) -> Iterator[tuple[Callable[[Conversation], Call
     settings = Settings(demo=True, host="127.0.0.1", port=free_port())
     app, service = create_app(settings, backend=backend)
     try:
+        url = f"http://127.0.0.1:{settings.port}/"
         launch(app, service, settings, block=False)
-        client = Client(f"http://127.0.0.1:{settings.port}/", verbose=False)
+        parameters = chat_parameters(url)
+
+        def values(conversation: Conversation, count: int) -> dict[str, Any]:
+            return {"message": conversation.message, "history": [], "max_new_tokens": count, "temperature": 0}
 
         def chat(conversation: Conversation) -> Callable[[int], Any]:
-            def run(count: int) -> None:
-                for _ in client.submit(conversation.message, [], api_name="/chat", max_new_tokens=count, temperature=0):
-                    pass
+            return lambda count: api_chat(url, parameters, values(conversation, count))
 
-            return run
-
-        remote = subprocess.Popen(
-            [sys.executable, "-c", REMOTE_CLIENT, f"http://127.0.0.1:{settings.port}/"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        command = [sys.executable, str(Path(__file__).with_name("api_client.py")), url]
+        remote = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         stack.callback(remote.kill)
 
         def chat_from_another_process(conversation: Conversation) -> Callable[[int], Any]:
             def run(count: int) -> None:
                 assert remote.stdin is not None and remote.stdout is not None
-                remote.stdin.write(f"{count} {conversation.message}\n")
+                remote.stdin.write(json.dumps([values(conversation, count)]) + "\n")
                 remote.stdin.flush()
                 remote.stdout.readline()
 
@@ -242,19 +242,6 @@ def app_client(backend: Backend) -> Iterator[tuple[Callable[[Conversation], Call
         Backend.stream = original  # type: ignore[method-assign]
         stack.close()
         app.close()
-
-
-REMOTE_CLIENT = """
-import sys
-from gradio_client import Client
-
-client = Client(sys.argv[1], verbose=False)
-for line in sys.stdin:
-    count, message = line.rstrip("\\n").split(" ", 1)
-    for _ in client.submit(message, [], api_name="/chat", max_new_tokens=int(count), temperature=0):
-        pass
-    print("done", flush=True)
-"""
 
 
 def free_port() -> int:

@@ -140,7 +140,8 @@ class _Generation:
 
         Text that arrives within ``UPDATE_INTERVAL_SECONDS`` of the last record waits for the
         rest of that interval and goes out with whatever followed it: a fast model does not pay
-        for one UI update per token, and no character is late by more than the interval.
+        for one UI update per token, and no character is late by more than the interval. The
+        end of the reply does not wait.
         """
         pending, end = self.streamer.text_queue, self.streamer.stop_signal
         last_record = 0.0
@@ -155,7 +156,7 @@ class _Generation:
                 continue
             wait = last_record + UPDATE_INTERVAL_SECONDS - time.monotonic()
             if wait > 0 and parts[-1] is not end:
-                self.stop.wait(wait)
+                self.thread.join(wait)  # the rest of the interval, or less if the reply ends (or is stopped)
             while parts[-1] is not end:
                 try:
                     parts.append(pending.get_nowait())

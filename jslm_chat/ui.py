@@ -8,6 +8,7 @@ from typing import Any
 
 import gradio as gr
 
+from . import gradio_overheads
 from .api import register_api
 from .chat import ChatService
 from .feedback import FeedbackLog
@@ -296,7 +297,7 @@ def configure_queue(app: gr.Blocks) -> gr.Blocks:
 
     The size is explicit: on ZeroGPU, Gradio turns ``max_size=None`` into 1.
     """
-    return app.queue(default_concurrency_limit=None, max_size=GRADIO_QUEUE_SIZE)
+    return gradio_overheads.trim(app.queue(default_concurrency_limit=None, max_size=GRADIO_QUEUE_SIZE))
 
 
 def launch_options(service: ChatService) -> dict[str, Any]:

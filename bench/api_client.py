@@ -1,0 +1,61 @@
+"""The lightest client of the app's ``/chat``: its plain HTTP API, as ``curl`` would use it.
+
+``POST /gradio_api/call/chat`` with every parameter, then read the event's SSE stream to its
+``complete`` event. The benchmarks run it in a process of its own, as real clients are, so that
+their figures are the app's cost and not a client library's (``gradio_client`` polls every 50 ms)::
+
+    python bench/api_client.py http://127.0.0.1:7860/
+
+reads one JSON list of chats per line on stdin (each a dict of ``/chat`` parameters; the rest
+take their defaults), sends them all at once, and prints ``{"seconds": ..., "texts": [...]}``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+
+def chat_parameters(url: str) -> list[dict[str, Any]]:
+    """The ``/chat`` parameters in order, with their defaults (``GET /gradio_api/info``)."""
+    with urllib.request.urlopen(url + "gradio_api/info") as response:
+        return json.loads(response.read())["named_endpoints"]["/chat"]["parameters"]
+
+
+def chat(url: str, parameters: list[dict[str, Any]], values: dict[str, Any]) -> str:
+    """The whole reply to one ``/chat`` call with ``values``."""
+    data = [values.get(p["parameter_name"], p["parameter_default"]) for p in parameters]
+    request = urllib.request.Request(
+        url + "gradio_api/call/chat", json.dumps({"data": data}).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request) as response:
+        event_id = json.loads(response.read())["event_id"]
+    event = b""
+    with urllib.request.urlopen(url + "gradio_api/call/chat/" + event_id) as stream:
+        for line in stream:
+            if line.startswith(b"event:"):
+                event = line[6:].strip()
+            elif line.startswith(b"data:") and event == b"complete":
+                return json.loads(line[5:])[0]
+            elif line.startswith(b"data:") and event == b"error":
+                raise RuntimeError(line[5:].decode())
+    raise RuntimeError(f"the stream ended without a reply (last event: {event.decode()})")
+
+
+def main() -> None:
+    url = sys.argv[1]
+    parameters = chat_parameters(url)
+    with ThreadPoolExecutor(64) as pool:
+        for line in sys.stdin:
+            chats = json.loads(line)
+            started = time.perf_counter()
+            texts = list(pool.map(lambda values: chat(url, parameters, values), chats))
+            print(json.dumps({"seconds": time.perf_counter() - started, "texts": texts}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
