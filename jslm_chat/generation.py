@@ -215,16 +215,20 @@ class _Generation:
         caches.put(cache, output[0].tolist())
 
     def _prefill(self, cache: Any, input_ids: torch.Tensor) -> bool:
-        """Fill ``cache`` with all prompt tokens but the last, a chunk at a time; False if stopped."""
-        model, end = self.loaded.model, input_ids.shape[1] - 1
-        for start in range(cache.get_seq_length(), end, PREFILL_CHUNK_TOKENS):
+        """Fill ``cache`` with the prompt a chunk at a time, leaving the last chunk (1 to
+        ``PREFILL_CHUNK_TOKENS`` tokens) to ``generate()``, which needs it for the first token
+        anyway: one forward pass fewer. False if stopped."""
+        model, length = self.loaded.model, input_ids.shape[1]
+        start = cache.get_seq_length()
+        while length - start > PREFILL_CHUNK_TOKENS:
             if self.stop.is_set():
                 return False
-            stop_at = min(start + PREFILL_CHUNK_TOKENS, end)
+            stop_at = start + PREFILL_CHUNK_TOKENS
             positions = torch.arange(start, stop_at, device=input_ids.device)
             model(
                 input_ids=input_ids[:, start:stop_at], cache=cache, cache_position=positions, logits_to_keep=1
             )
+            start = stop_at
         return not self.stop.is_set()
 
 
