@@ -8,11 +8,13 @@ their figures are the app's cost and not a client library's (``gradio_client`` p
 
 reads one JSON list of chats per line on stdin (each a dict of ``/chat`` parameters; the rest
 take their defaults), sends them all at once, and prints ``{"seconds": ..., "texts": [...]}``.
+:class:`ClientProcess` runs it so and talks to it.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 import urllib.request
@@ -44,6 +46,25 @@ def chat(url: str, parameters: list[dict[str, Any]], values: dict[str, Any]) -> 
             elif line.startswith(b"data:") and event == b"error":
                 raise RuntimeError(line[5:].decode())
     raise RuntimeError(f"the stream ended without a reply (last event: {event.decode()})")
+
+
+class ClientProcess:
+    """This script as a process of its own, serving the app at ``url``."""
+
+    def __init__(self, url: str) -> None:
+        command = [sys.executable, __file__, url]
+        self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def send(self, chats: list[dict[str, Any]]) -> dict[str, Any]:
+        """Send ``chats`` at once; their wall seconds and reply texts."""
+        assert self._process.stdin is not None and self._process.stdout is not None
+        self._process.stdin.write(json.dumps(chats) + "\n")
+        self._process.stdin.flush()
+        return json.loads(self._process.stdout.readline())
+
+    def close(self) -> None:
+        self._process.kill()
+        self._process.wait()
 
 
 def main() -> None:

@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -176,6 +175,8 @@ def app_overhead(backend: VllmBackend, chats: int = 8, rounds: int = RUNS) -> li
     the work is identical; the third value says whether the texts matched. The app's clients run
     in a process of their own, as real clients (browsers, scripts) do.
     """
+    from api_client import ClientProcess
+
     from jslm_chat.server import create_app, launch
     from jslm_chat.settings import Settings
 
@@ -188,19 +189,15 @@ def app_overhead(backend: VllmBackend, chats: int = 8, rounds: int = RUNS) -> li
     chats_sent = [
         {"message": question(i), "history": [], "seed": i, "system_prompt": SYSTEM, **sampling} for i in range(chats)
     ]
-    command = [sys.executable, str(Path(__file__).with_name("api_client.py")), url]
-    clients = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert clients.stdin is not None and clients.stdout is not None
+    clients = ClientProcess(url)
     figures = []
     try:
         for _ in range(rounds):
             direct, direct_texts = concurrent(backend, chats, ignore_eos=False)
-            clients.stdin.write(json.dumps(chats_sent) + "\n")
-            clients.stdin.flush()
-            answer = json.loads(clients.stdout.readline())
+            answer = clients.send(chats_sent)
             figures.append((direct, answer["seconds"], answer["texts"] == direct_texts))
     finally:
-        clients.kill()
+        clients.close()
         app.close()
     return figures
 

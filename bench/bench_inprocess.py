@@ -23,10 +23,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -198,8 +196,8 @@ def app_client(backend: Backend) -> Iterator[tuple[Callable[[Conversation], Call
     HTTP API (``bench/api_client.py``): one with the client in this process, one with the client in
     a process of its own (as any real client is: a browser, a script), whose work then no longer
     shares this process with the server's."""
+    from api_client import ClientProcess, chat_parameters
     from api_client import chat as api_chat
-    from api_client import chat_parameters
 
     from jslm_chat.server import create_app, launch
     from jslm_chat.settings import Settings
@@ -224,18 +222,11 @@ def app_client(backend: Backend) -> Iterator[tuple[Callable[[Conversation], Call
         def chat(conversation: Conversation) -> Callable[[int], Any]:
             return lambda count: api_chat(url, parameters, values(conversation, count))
 
-        command = [sys.executable, str(Path(__file__).with_name("api_client.py")), url]
-        remote = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        stack.callback(remote.kill)
+        remote = ClientProcess(url)
+        stack.callback(remote.close)
 
         def chat_from_another_process(conversation: Conversation) -> Callable[[int], Any]:
-            def run(count: int) -> None:
-                assert remote.stdin is not None and remote.stdout is not None
-                remote.stdin.write(json.dumps([values(conversation, count)]) + "\n")
-                remote.stdin.flush()
-                remote.stdout.readline()
-
-            return run
+            return lambda count: remote.send([values(conversation, count)])
 
         yield chat, chat_from_another_process
     finally:
