@@ -44,7 +44,7 @@ START_HINT = (
 FINISH_REASONS = {"stop": "eos", "length": "length"}  # vLLM's → ours
 CONNECT_TIMEOUT_SECONDS = 10.0
 _END = object()  # the reader thread's last item
-_RUNNING = re.compile(r"^vllm:num_requests_(running|waiting)\{[^}]*\}\s+([0-9.eE+-]+)$", re.MULTILINE)
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{[^}]*\})?\s+([0-9.eE+-]+)$", re.MULTILINE)  # Prometheus text
 
 
 class BackendUnavailableError(RuntimeError):
@@ -151,12 +151,16 @@ class VllmBackend(Backend):
         """``vLLM (http://host:port)``."""
         return f"vLLM ({self.endpoint.url})"
 
-    def requests_in_flight(self, timeout: float = 5.0) -> int:
-        """Requests the server is running or holding in its queue now (``/metrics``)."""
+    def metric(self, *names: str, timeout: float = 5.0) -> float:
+        """The sum of every sample of the ``/metrics`` series ``names`` (all labels), read once."""
         status, body = self.endpoint.get("/metrics", timeout)
         if status != 200:
             raise OSError(f"GET /metrics answered HTTP {status}")
-        return round(sum(float(value) for _, value in _RUNNING.findall(body.decode())))
+        return sum(float(value) for name, value in _SAMPLE.findall(body.decode()) if name in names)
+
+    def requests_in_flight(self, timeout: float = 5.0) -> int:
+        """Requests the server is running or holding in its queue now (``/metrics``)."""
+        return round(self.metric("vllm:num_requests_running", "vllm:num_requests_waiting", timeout=timeout))
 
     def _start(self, prompt: RenderedPrompt, params: GenerationParams) -> VllmReply:
         return VllmReply(self, prompt, params)
