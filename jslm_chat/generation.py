@@ -24,9 +24,10 @@ from itertools import count
 from typing import Any
 
 import torch
-from transformers import DynamicCache, GenerationConfig, StoppingCriteria
+from transformers import GenerationConfig, StoppingCriteria
 
 from .backend import UPDATE_INTERVAL_SECONDS, finish_reason
+from .growing_cache import new_cache
 from .kv_cache import PrefixCachePool
 from .params import GenerationParams
 from .streaming import JapaneseTextStreamer
@@ -198,7 +199,7 @@ class _Generation:
     def _generate(self) -> None:
         model, caches = self.loaded.model, self.loaded.caches
         cache, self.reused_tokens = caches.take(self.token_ids)
-        cache = cache if cache is not None else DynamicCache(config=model.config)
+        cache = cache if cache is not None else new_cache(model.config)
         input_ids = torch.tensor([self.token_ids], dtype=torch.long, device=model.device)
         if not self._prefill(cache, input_ids):
             self.counter.stopped = True
