@@ -54,10 +54,14 @@ class InProcessBackend(Backend):
         placement: Placement,
         *,
         cache_slots: int = DEFAULT_CACHE_SLOTS,
+        compiled: bool = False,
     ) -> None:
         super().__init__(preset, tokenizer)
         self.placement = placement
-        self.model_key = register_model(model, tokenizer, 0 if zerogpu.enabled() else cache_slots)
+        on_zerogpu = zerogpu.enabled()  # a fresh worker per reply: nothing kept, nothing compiled
+        self.model_key = register_model(
+            model, tokenizer, 0 if on_zerogpu else cache_slots, compiled=compiled and not on_zerogpu
+        )
 
     @property
     def model(self) -> Any:
@@ -65,8 +69,14 @@ class InProcessBackend(Backend):
         return loaded_model(self.model_key).model
 
     @property
+    def compiled(self) -> bool:
+        """Whether decoding is compiled (``--compile``)."""
+        return loaded_model(self.model_key).compiled
+
+    @property
     def runs_on(self) -> str:
-        return f"{self.placement.device_label} · {self.placement.dtype_name}"
+        compiled = " · compiled" if self.compiled else ""
+        return f"{self.placement.device_label} · {self.placement.dtype_name}{compiled}"
 
     def _start(self, prompt: RenderedPrompt, params: GenerationParams) -> InProcessReply:
         return InProcessReply(self.model_key, prompt, params)

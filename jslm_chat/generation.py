@@ -30,6 +30,7 @@ from .backend import UPDATE_INTERVAL_SECONDS, finish_reason
 from .growing_cache import new_cache
 from .kv_cache import PrefixCachePool
 from .params import GenerationParams
+from .static_cache import compile_config, static_cache_for
 from .streaming import JapaneseTextStreamer
 
 logger = logging.getLogger(__name__)
@@ -41,21 +42,36 @@ PREFILL_CHUNK_TOKENS = 512  # a stop during a long prefill takes effect after at
 
 @dataclass
 class LoadedModel:
-    """A model in this process, with its tokenizer and its pool of reusable caches."""
+    """A model in this process, with its tokenizer, its pool of reusable caches, and whether its
+    decoding is compiled (static caches, ``torch.compile``) or eager (growing caches)."""
 
     model: Any
     tokenizer: Any
     caches: PrefixCachePool
+    compiled: bool = False
+
+    def cache_for(self, kept: Any, tokens: int) -> Any:
+        """A cache for a prompt and reply of ``tokens`` in all, continuing ``kept`` (from the pool) if given."""
+        if self.compiled:
+            return static_cache_for(self.model.config, kept, tokens)
+        return kept if kept is not None else new_cache(self.model.config)
+
+    def generation_config(self, params: GenerationParams) -> GenerationConfig:
+        """``generate()`` settings for ``params`` on this model."""
+        config = generation_config(self.tokenizer, self.model, params)
+        if self.compiled:
+            config.compile_config = compile_config()
+        return config
 
 
 _MODELS: dict[str, LoadedModel] = {}
 _keys = count()
 
 
-def register_model(model: Any, tokenizer: Any, cache_slots: int) -> str:
+def register_model(model: Any, tokenizer: Any, cache_slots: int, *, compiled: bool = False) -> str:
     """Make a loaded model available to :func:`generate_reply`; returns its key."""
     key = f"model-{next(_keys)}"
-    _MODELS[key] = LoadedModel(model, tokenizer, PrefixCachePool(cache_slots))
+    _MODELS[key] = LoadedModel(model, tokenizer, PrefixCachePool(cache_slots), compiled)
     return key
 
 
@@ -198,8 +214,8 @@ class _Generation:
 
     def _generate(self) -> None:
         model, caches = self.loaded.model, self.loaded.caches
-        cache, self.reused_tokens = caches.take(self.token_ids)
-        cache = cache if cache is not None else new_cache(model.config)
+        kept, self.reused_tokens = caches.take(self.token_ids)
+        cache = self.loaded.cache_for(kept, len(self.token_ids) + self.params.max_new_tokens)
         input_ids = torch.tensor([self.token_ids], dtype=torch.long, device=model.device)
         if not self._prefill(cache, input_ids):
             self.counter.stopped = True
@@ -209,7 +225,7 @@ class _Generation:
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
             cache=cache,
-            generation_config=generation_config(self.loaded.tokenizer, model, self.params),
+            generation_config=self.loaded.generation_config(self.params),
             streamer=self.streamer,
             stopping_criteria=[self.counter],
         )
@@ -220,15 +236,13 @@ class _Generation:
         ``PREFILL_CHUNK_TOKENS`` tokens) to ``generate()``, which needs it for the first token
         anyway: one forward pass fewer. False if stopped."""
         model, length = self.loaded.model, input_ids.shape[1]
-        start = cache.get_seq_length()
+        start = int(cache.get_seq_length())  # a tensor in a static cache
         while length - start > PREFILL_CHUNK_TOKENS:
             if self.stop.is_set():
                 return False
             stop_at = start + PREFILL_CHUNK_TOKENS
             positions = torch.arange(start, stop_at, device=input_ids.device)
-            model(
-                input_ids=input_ids[:, start:stop_at], cache=cache, cache_position=positions, logits_to_keep=1
-            )
+            model(input_ids=input_ids[:, start:stop_at], cache=cache, cache_position=positions, logits_to_keep=1)
             start = stop_at
         return not self.stop.is_set()
 

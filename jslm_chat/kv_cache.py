@@ -68,14 +68,14 @@ class PrefixCachePool:
             if best_key is None or best_length < MIN_REUSED_TOKENS:
                 return None, 0
             entry = self._entries.pop(best_key)
-        entry.cache.crop(best_length - entry.cache.get_seq_length())  # transformers 5: tokens to remove, as <= 0
+        entry.cache.crop(best_length - int(entry.cache.get_seq_length()))  # transformers 5: tokens to remove, as <= 0
         return entry.cache, best_length
 
     def put(self, cache: Any, token_ids: Sequence[int]) -> None:
         """Keep ``cache`` (holding ``token_ids``) for later turns; evict the oldest beyond ``slots``."""
         if self.slots < 1:
             return
-        held = min(len(token_ids), cache.get_seq_length())
+        held = min(len(token_ids), int(cache.get_seq_length()))  # a tensor in a static cache
         if held < MIN_REUSED_TOKENS:
             return
         with self._lock:

@@ -90,8 +90,10 @@ def load_engine(
     dtype: str = "auto",
     display_name: str | None = None,
     cache_slots: int = DEFAULT_CACHE_SLOTS,
+    compiled: bool = False,
 ) -> InProcessBackend:
-    """Load a model by preset key, hub id or local directory. Raises :class:`ModelLoadError`."""
+    """Load a model by preset key, hub id or local directory (``compiled``: decode with a static
+    cache and ``torch.compile``). Raises :class:`ModelLoadError`."""
     preset = resolve_preset(model)
     if display_name:
         preset = dataclasses.replace(preset, display_name=display_name)
@@ -130,7 +132,7 @@ def load_engine(
         dtype_name,
         time.perf_counter() - started,
     )
-    return InProcessBackend(loaded, tokenizer, preset, placement, cache_slots=cache_slots)
+    return InProcessBackend(loaded, tokenizer, preset, placement, cache_slots=cache_slots, compiled=compiled)
 
 
 def describe_load_failure(source: str, error: BaseException) -> str:

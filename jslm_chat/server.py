@@ -55,7 +55,7 @@ def load_for(settings: Settings) -> Backend:
         options = {**options, "device": "cpu" if settings.device == "auto" else settings.device}
         options["display_name"] = DEMO_DISPLAY_NAME
     try:
-        return load_engine(model, cache_slots=settings.cache_conversations, **options)
+        return load_engine(model, cache_slots=settings.cache_conversations, compiled=settings.compile, **options)
     except ModelLoadError as error:
         raise StartupError(str(error)) from error
 

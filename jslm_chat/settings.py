@@ -34,6 +34,7 @@ class Settings:
     queue_size: int = 16
     max_new_tokens_limit: int = 2048
     cache_conversations: int = 2
+    compile: bool = False
     auth: tuple[tuple[str, str], ...] = ()
     feedback_dir: str | None = None
 
@@ -146,6 +147,11 @@ FLAGS: tuple[Flag, ...] = (
         "cache_conversations",
         "in-process: conversations whose attention cache is kept for the next turn (0: none)",
         parse=_integer_at_least(0),
+    ),
+    Flag(
+        "compile",
+        "in-process: decode with a static cache and torch.compile (for GPUs; each cache size compiles on first use)",
+        switch=True,
     ),
     Flag(
         "auth",

@@ -1,0 +1,105 @@
+"""``--compile``: static caches and ``torch.compile`` give the eager replies, reuse caches, and stop in a step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import StaticCache
+
+from jslm_chat.backend import Backend, Conversation, ReplyStream
+from jslm_chat.generation import loaded_model
+from jslm_chat.loading import load_engine
+from jslm_chat.params import GenerationParams
+from jslm_chat.prompt import Turn
+from jslm_chat.settings import parse_settings
+from jslm_chat.static_cache import STATIC_STEP_TOKENS, static_cache_for, static_capacity
+
+SYSTEM = "あなたは役立つアシスタントです。"
+QUESTIONS = ["日本の四季について教えてください。", "東京について教えて。", "京都のお寺は？"]
+LONG_ANSWER = "日本の文化はとても奥が深く、季節の行事や食べ物、言葉の中に昔からの考え方が残っています。" * 16
+
+
+def greedy(max_new_tokens: int = 32) -> GenerationParams:
+    return GenerationParams(max_new_tokens, 0.0, 1.0, 0, 1.0, 0, ignore_eos=True)
+
+
+def answer(backend: Backend, conversation: Conversation, params: GenerationParams | None = None) -> ReplyStream:
+    reply = backend.stream(conversation, params or greedy())
+    for _ in reply:
+        pass
+    return reply
+
+
+@pytest.fixture(scope="module")
+def eager(demo_model_path):
+    return load_engine(str(demo_model_path), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def compiled(demo_model_path):
+    return load_engine(str(demo_model_path), device="cpu", dtype="float32", compiled=True)
+
+
+def test_compiled_decoding_gives_the_eager_replies_and_reuses_each_turn(eager, compiled):
+    compiles = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    turns: list[Turn] = []
+    for question in QUESTIONS:
+        conversation = Conversation(SYSTEM, list(turns), question)
+        expected, got = answer(eager, conversation), answer(compiled, conversation)
+        assert got.text == expected.text and got.new_tokens == 32
+        assert got.reused_tokens == expected.reused_tokens
+        turns.append(Turn(question, got.text))
+    assert got.reused_tokens > 0
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > compiles  # it did compile
+    assert compiled.runs_on == "cpu · float32 · compiled" and eager.runs_on == "cpu · float32"
+
+
+def test_a_longer_turn_moves_the_kept_cache_into_the_next_size(eager, compiled):
+    short = Conversation(SYSTEM, [], QUESTIONS[0])
+    first = answer(compiled, short)
+    longer = Conversation(SYSTEM, [Turn(QUESTIONS[0], first.text), Turn(QUESTIONS[1], LONG_ANSWER)], QUESTIONS[2])
+    expected, got = answer(eager, longer), answer(compiled, longer)
+    assert got.prompt.num_tokens + 32 > STATIC_STEP_TOKENS
+    assert got.reused_tokens > first.prompt.num_tokens - 2
+    assert got.text == expected.text
+    pool = loaded_model(compiled.model_key).caches
+    with torch.inference_mode():  # where the app takes caches: a static cache's length is an inference tensor
+        cache, _ = pool.take(got.prompt.token_ids)
+    assert isinstance(cache, StaticCache) and cache.get_max_length() == 2 * STATIC_STEP_TOKENS
+
+
+@pytest.mark.usefixtures("paced_generation")
+def test_a_stop_ends_compiled_decoding_within_a_step(compiled):
+    reply = compiled.stream(Conversation(SYSTEM, [], "長い話をしてください。"), greedy(400))
+    consumer = iter(reply)
+    next(consumer)
+    at_stop = reply.new_tokens
+    reply.stop()
+    for _ in consumer:
+        pass
+    assert reply.finish_reason == "stopped"
+    assert reply.new_tokens - at_stop <= 2
+
+
+def test_static_sizes_double_up_to_the_context():
+    assert [static_capacity(tokens, 4096) for tokens in (1, 512, 513, 1500, 4096)] == [512, 512, 1024, 2048, 4096]
+    assert static_capacity(2100, 2500) == 2500  # a context that is not a doubling is its own last size
+
+
+def test_a_kept_cache_too_small_is_copied_with_what_it_holds(demo_model_path):
+    model = load_engine(str(demo_model_path), device="cpu", dtype="float32").model
+    kept = StaticCache(config=model.config, max_cache_len=STATIC_STEP_TOKENS)
+    ids = torch.tensor([[(index * 31) % 2900 + 5 for index in range(300)]])
+    with torch.inference_mode():
+        model(input_ids=ids, cache=kept)
+        assert static_cache_for(model.config, kept, 400) is kept
+        grown = static_cache_for(model.config, kept, 600)
+    assert grown.get_max_length() == 2 * STATIC_STEP_TOKENS and int(grown.get_seq_length()) == 300
+    for old, new in zip(kept.layers, grown.layers, strict=True):
+        torch.testing.assert_close(new.keys[..., :300, :], old.keys[..., :300, :], rtol=0, atol=0)
+
+
+def test_compile_flag_and_environment():
+    assert parse_settings([], {}).compile is False
+    assert parse_settings(["--compile"], {}).compile is True
+    assert parse_settings([], {"JSLM_COMPILE": "1"}).compile is True
