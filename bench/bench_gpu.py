@@ -8,8 +8,9 @@ bytes read once per token / the GPU's bandwidth, given by ``--bandwidth``); time
 512 / 2,048 / 3,500 prompt tokens through the app's in-process backend, with the cache of the
 previous turn reused and without; and the app's overhead on top of a bare ``generate()`` (the
 stop criterion, the streamer, the generation thread and its queue). ``--compile`` also measures
-transformers' static cache with ``torch.compile`` on a bare ``generate()`` and checks that a stop
-set from another thread still takes effect within one step.
+transformers' static cache with ``torch.compile`` on a bare ``generate()`` and through the app's
+backend (its ``--compile``), and checks that a stop set from another thread still takes effect
+within one step.
 
 The tokenizer is the demo model's (trained here in seconds; 3,000 pieces): the weights of the
 token ids it cannot produce are zeroed in the output layer and decoding is greedy, so every
@@ -142,15 +143,17 @@ def report_decoding(backend: InProcessBackend, args: argparse.Namespace) -> None
     }
     if args.compile:
         runs["static cache + compile"] = compiled_generate(backend, prompt_ids)
+        compiled = InProcessBackend(backend.model, backend.tokenizer, backend.preset, backend.placement, compiled=True)
+        runs["backend.stream(), compiled"] = backend_stream(compiled, conversation)
     runs = {name: synchronized(run) for name, run in runs.items()}
     for run in runs.values():
         run(args.tokens)  # warm-up; the static cache then has its largest size: no recompilation later
     rates = decode_rates(runs, args.tokens, args.rounds)
     bound = args.bandwidth / weight_bytes(backend.model)
     print(f"decoding at batch 1, {args.tokens} tokens (tokens/s, median of {args.rounds} rounds):")
-    print(f"  {'memory-bandwidth bound':<24}{bound:>9.1f}  ({weight_bytes(backend.model) / 1e9:.2f} GB of weights)")
+    print(f"  {'memory-bandwidth bound':<28}{bound:>9.1f}  ({weight_bytes(backend.model) / 1e9:.2f} GB of weights)")
     for name, rate in rates.items():
-        print(f"  {name:<24}{rate:>9.1f}  {rate / rates['bare generate()']:>5.2f}× bare  {rate / bound:>5.2f}× bound")
+        print(f"  {name:<28}{rate:>9.1f}  {rate / rates['bare generate()']:>5.2f}× bare  {rate / bound:>5.2f}× bound")
 
 
 def compiled_generate(backend: InProcessBackend, prompt_ids: list[int]) -> Any:

@@ -1,6 +1,6 @@
 """The in-process backend's two costs, measured in one run: re-reading the history, and the app's tax.
 
-    python bench/bench_inprocess.py [--models demo,wide] [--tokens 128] [--no-api]
+    python bench/bench_inprocess.py [--models demo,wide] [--tokens 128] [--no-api] [--compile]
 
 For the offline demo model and a wider random Llama (hidden 512, 8 layers, the demo tokenizer,
 4,096 positions; built in a temporary folder) it prints:
@@ -11,7 +11,9 @@ For the offline demo model and a wider random Llama (hidden 512, 8 layers, the d
 - decoding speed (tokens/s after the first token, median of 3) of a bare ``model.generate()``, then
   with the stop-and-count criterion, then with the streamer as well, then through the backend's
   ``stream()`` (thread and queue hand-off included) and through the app's ``/chat`` API (Gradio,
-  HTTP, a plain HTTP client); each with its ratio to bare ``generate()`` (goal >= 0.95).
+  HTTP, a plain HTTP client); each with its ratio to bare ``generate()`` (goal >= 0.95);
+- decoding speed after turn 10's long prompt: a bare ``generate()`` (transformers' DynamicCache)
+  against ``backend.stream()`` (the app's cache; with ``--compile``, static and compiled).
 
 One torch thread by default: on a busy 2-core machine two threads make a small model's step
 times vary 15-fold (each operator waits for the core another process holds); ``--threads 0``
@@ -58,6 +60,7 @@ TURNS = 10
 TTFT_REPLY_TOKENS = 32
 RUNS = 3
 DECODE_ROUNDS = 15
+LONG_DECODE_ROUNDS = 5  # each bare run prefills the whole long prompt
 
 
 def greedy(max_new_tokens: int) -> GenerationParams:
@@ -80,7 +83,9 @@ def wide_model(folder: Path) -> Path:
 
 def without_reuse(backend: InProcessBackend) -> InProcessBackend:
     """A second backend on the same weights that prefills every prompt from scratch."""
-    return InProcessBackend(backend.model, backend.tokenizer, backend.preset, backend.placement, cache_slots=0)
+    return InProcessBackend(
+        backend.model, backend.tokenizer, backend.preset, backend.placement, cache_slots=0, compiled=backend.compiled
+    )
 
 
 def finished(reply: ReplyStream) -> ReplyStream:
@@ -260,8 +265,26 @@ def report_decoding(backend: InProcessBackend, tokens: int, with_api: bool) -> N
         for run in runs.values():
             run(8)  # warm-up
         rates = decode_rates(runs, tokens)
+    print_rates(f"decoding, {tokens} tokens after a {len(prompt_ids)}-token prompt", rates, DECODE_ROUNDS)
+
+
+def report_long_decoding(backend: InProcessBackend, conversation: Conversation, tokens: int) -> None:
+    """Decoding after turn 10's prompt: transformers' DynamicCache (a bare ``generate()``, which
+    copies the whole cache every token) against the backend's cache (kept from the previous run)."""
+    prompt_ids = backend.prepare(conversation, tokens).token_ids
+    runs = {
+        "bare generate()": bare_generate(backend, prompt_ids, criteria=False, streamer=False),
+        "backend.stream()": backend_stream(backend, conversation),
+    }
+    for run in runs.values():
+        run(8)  # warm-up; the backend's pool then holds this prompt
+    rates = decode_rates(runs, tokens, LONG_DECODE_ROUNDS)
+    print_rates(f"decoding, {tokens} tokens after turn 10's {len(prompt_ids)}-token prompt", rates, LONG_DECODE_ROUNDS)
+
+
+def print_rates(title: str, rates: dict[str, float], rounds: int) -> None:
     bare = rates["bare generate()"]
-    print(f"  decoding, {tokens} tokens after a {len(prompt_ids)}-token prompt (tokens/s, median of {DECODE_ROUNDS}):")
+    print(f"  {title} (tokens/s, median of {rounds}):")
     for name, rate in rates.items():
         print(f"  {name:<32}{rate:>9.1f}  {rate / bare:>5.2f}× bare")
 
@@ -271,6 +294,7 @@ def main() -> None:
     parser.add_argument("--models", default="demo,wide", help="comma-separated: demo, wide")
     parser.add_argument("--tokens", type=int, default=128, help="reply length for the decoding speed")
     parser.add_argument("--no-api", action="store_true", help="skip the /chat API measurement")
+    parser.add_argument("--compile", action="store_true", help="the backend decodes as with the app's --compile")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (0: torch's default); 1 is steady on a shared machine"
     )
@@ -282,10 +306,12 @@ def main() -> None:
         folders = {"demo": (demo_model_dir(), 1800), "wide": (None, 3900)}
         for name in args.models.split(","):
             folder, target = folders[name]
-            backend = load_engine(str(folder or wide_model(Path(scratch))), device="cpu", dtype="float32")
-            print(f"\n{name} model: {backend.label}, context {backend.context_length}")
+            path = str(folder or wide_model(Path(scratch)))
+            backend = load_engine(path, device="cpu", dtype="float32", compiled=args.compile)
+            print(f"\n{name} model: {backend.label} ({backend.runs_on}), context {backend.context_length}")
             report_first_tokens(backend, target)
             report_decoding(backend, args.tokens, not args.no_api)
+            report_long_decoding(backend, long_chat(backend, target)[-1], args.tokens)
 
 
 if __name__ == "__main__":

@@ -11,17 +11,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_the_gpu_benchmark_runs_on_the_cpu_with_a_tiny_config():
+def test_the_gpu_benchmark_runs_on_the_cpu_with_a_tiny_config_and_compile():
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "bench_gpu.py"), "--small", "--device", "cpu"],
+        [sys.executable, str(ROOT / "bench" / "bench_gpu.py"), "--small", "--device", "cpu", "--compile"],
         capture_output=True, text=True, timeout=120, cwd=ROOT,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     assert "memory bandwidth: 4.8e+12 B/s (the default: H200)" in out
-    for path in ("memory-bandwidth bound", "bare generate()", "+ stop criterion", "+ streamer", "backend.stream()"):
+    paths = ["memory-bandwidth bound", "bare generate()", "+ stop criterion", "+ streamer", "backend.stream()"]
+    for path in [*paths, "static cache + compile", "backend.stream(), compiled"]:
         assert re.search(rf"^  {re.escape(path)} +\d+\.\d", out, re.MULTILINE), path
     rows = re.findall(r"^ +(\d+) +(\d+) +(\d+\.\d) +(\d+\.\d)$", out, re.MULTILINE)
     assert [round(int(prompt), -2) for prompt, *_ in rows] == [500, 2000, 3500]  # about 512, 2,048, 3,500
     assert all(int(prompt) - 40 < int(reused) < int(prompt) for prompt, reused, *_ in rows)
+    stop = r"^static cache \+ compile: a stop set from another thread ended generation after \d+ more step"
+    assert re.search(stop, out, re.MULTILINE)
