@@ -18,8 +18,8 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from itertools import count
 from typing import Any
 
@@ -29,6 +29,7 @@ from transformers import GenerationConfig, StoppingCriteria
 from .backend import UPDATE_INTERVAL_SECONDS, finish_reason
 from .growing_cache import new_cache
 from .kv_cache import PrefixCachePool
+from .long_lived_threads import LongLivedThreads
 from .params import GenerationParams
 from .static_cache import compile_config, static_cache_for
 from .streaming import JapaneseTextStreamer
@@ -49,6 +50,18 @@ class LoadedModel:
     tokenizer: Any
     caches: PrefixCachePool
     compiled: bool = False
+    _compiled_threads: LongLivedThreads = field(default_factory=lambda: LongLivedThreads("jslm-compiled"), repr=False)
+
+    def run_in_background(self, work: Callable[[], None]) -> Callable[[], object]:
+        """Run ``work`` in a thread of its own; returns a function that waits until it has returned.
+
+        The thread is a new one, or with compiled decoding a long-lived one (see ``long_lived_threads``).
+        """
+        if not self.compiled:
+            thread = threading.Thread(target=work, name="jslm-generate", daemon=True)
+            thread.start()
+            return thread.join
+        return self._compiled_threads.submit(work)
 
     def cache_for(self, kept: Any, tokens: int) -> Any:
         """A cache for a prompt and reply of ``tokens`` in all, continuing ``kept`` (from the pool) if given."""
@@ -145,12 +158,13 @@ class _Generation:
         self.stop = stop
         self.counter = _StopAndCount(stop)
         self.streamer = JapaneseTextStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        self.thread = threading.Thread(target=self._run, name="jslm-generate", daemon=True)
+        self.done = threading.Event()  # set as the work's last step
+        self.wait_for_work: Callable[[], object] = self.done.wait
         self.reused_tokens = 0
         self.error: BaseException | None = None
 
     def start(self) -> None:
-        self.thread.start()
+        self.wait_for_work = self.loaded.run_in_background(self._run)
 
     def progress(self) -> Iterator[Progress]:
         """The streamer's text, at most one record per update interval; never blocks forever.
@@ -166,14 +180,14 @@ class _Generation:
             try:
                 parts = [pending.get(timeout=QUEUE_POLL_SECONDS)]
             except queue.Empty:
-                if not self.thread.is_alive() and pending.empty():
+                if self.done.is_set() and pending.empty():
                     return
                 # A heartbeat: on ZeroGPU the worker sees a close only when this generator yields.
                 yield Progress("", self.counter.steps)
                 continue
             wait = last_record + UPDATE_INTERVAL_SECONDS - time.monotonic()
             if wait > 0 and parts[-1] is not end:
-                self.thread.join(wait)  # the rest of the interval, or less if the reply ends (or is stopped)
+                self.done.wait(wait)  # the rest of the interval, or less if the reply ends (or is stopped)
             while parts[-1] is not end:
                 try:
                     parts.append(pending.get_nowait())
@@ -189,8 +203,9 @@ class _Generation:
 
     def stop_and_join(self) -> None:
         self.stop.set()
-        self.thread.join(JOIN_TIMEOUT_SECONDS)
-        if self.thread.is_alive():
+        if self.done.wait(JOIN_TIMEOUT_SECONDS):
+            self.wait_for_work()  # at once: the work ended; a thread of its own exits too
+        else:
             logger.error("generation thread did not stop within %.0f s", JOIN_TIMEOUT_SECONDS)
 
     def finished(self) -> Finished:
@@ -211,6 +226,7 @@ class _Generation:
             free_accelerator_memory()
         finally:
             self.streamer.end()
+            self.done.set()
 
     def _generate(self) -> None:
         model, caches = self.loaded.model, self.loaded.caches

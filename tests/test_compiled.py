@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 from transformers import StaticCache
@@ -103,3 +105,12 @@ def test_compile_flag_and_environment():
     assert parse_settings([], {}).compile is False
     assert parse_settings(["--compile"], {}).compile is True
     assert parse_settings([], {"JSLM_COMPILE": "1"}).compile is True
+
+
+def test_compiled_replies_run_in_one_long_lived_thread(compiled):
+    """CUDA graphs are recorded per thread: replies one after another must reuse the same one."""
+    for question in QUESTIONS:
+        answer(compiled, Conversation(SYSTEM, [], question), greedy(4))
+    assert [thread.name for thread in threading.enumerate() if thread.name.startswith("jslm-compiled")] == [
+        "jslm-compiled-1"
+    ]
