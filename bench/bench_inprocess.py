@@ -308,7 +308,7 @@ def main() -> None:
             folder, target = folders[name]
             path = str(folder or wide_model(Path(scratch)))
             backend = load_engine(path, device="cpu", dtype="float32", compiled=args.compile)
-            print(f"\n{name} model: {backend.label} ({backend.runs_on}), context {backend.context_length}")
+            print(f"\n{name} model: {backend.label}, context {backend.context_length}")
             report_first_tokens(backend, target)
             report_decoding(backend, args.tokens, not args.no_api)
             report_long_decoding(backend, long_chat(backend, target)[-1], args.tokens)

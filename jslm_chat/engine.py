@@ -11,6 +11,7 @@ a long prefill. Only this module, ``generation``, ``loading`` and ``demo_model``
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from .generation import Finished, generate_reply, loaded_model, register_model
 from .params import GenerationParams
 from .presets import ModelPreset
 from .prompt import RenderedPrompt
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_CACHE_SLOTS = 2  # conversations whose cache is kept: the 7B's full 4,096-token cache is 2 GiB
 
@@ -59,6 +62,8 @@ class InProcessBackend(Backend):
         super().__init__(preset, tokenizer)
         self.placement = placement
         on_zerogpu = zerogpu.enabled()  # a fresh worker per reply: nothing kept, nothing compiled
+        if compiled and on_zerogpu:
+            logger.warning("--compile は ZeroGPU では使いません。 / --compile is not used on ZeroGPU.")
         self.model_key = register_model(
             model, tokenizer, 0 if on_zerogpu else cache_slots, compiled=compiled and not on_zerogpu
         )
