@@ -8,7 +8,7 @@ For the offline demo model and a wider random Llama (hidden 512, 8 layers, the d
 - time to first token at turns 1-10 of a long chat (each turn a question and a long answer),
   with KV-cache reuse and without (a second backend on the same weights with
   ``cache_slots=0``), and the turn-10 / turn-1 ratio (goal <= 1.5 with reuse);
-- decoding speed (tokens/s after the first token, median of 3) of a bare ``model.generate()``, then
+- decoding speed (tokens/s after the first token, median of 15 rounds) of a bare ``model.generate()``, then
   with the stop-and-count criterion, then with the streamer as well, then through the backend's
   ``stream()`` (thread and queue hand-off included) and through the app's ``/chat`` API (Gradio,
   HTTP, a plain HTTP client); each with its ratio to bare ``generate()`` (goal >= 0.95);
@@ -58,7 +58,7 @@ QUESTION_TOKENS = 40  # about, with the format's own tokens
 ANSWER = "日本の文化はとても奥が深く、季節の行事や食べ物、言葉の中に昔からの考え方が残っています。"
 TURNS = 10
 TTFT_REPLY_TOKENS = 32
-RUNS = 3
+RUNS = 7  # plays of the chat; the median of seven steadies first tokens of a few ms
 DECODE_ROUNDS = 15
 LONG_DECODE_ROUNDS = 5  # each bare run prefills the whole long prompt
 
