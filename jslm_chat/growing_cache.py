@@ -3,10 +3,12 @@
 transformers' ``DynamicLayer`` appends each step's keys and values with ``torch.cat``, which
 copies everything cached so far: at 3,000 tokens of a 7B in fp16 that is 1.5 GB written per
 decoded token, on top of the 13.5 GB of weights read. :class:`GrowingLayer` keeps its keys and
-values in a buffer with room for ``GROW_STEP_TOKENS`` more, writes new tokens in place, and
+values in a buffer with room for up to ``GROW_STEP_TOKENS`` more, writes new tokens in place, and
 hands attention a view of the filled part; the buffer is copied only when it is full (once per
-``GROW_STEP_TOKENS`` tokens). Cropping (reuse across turns) moves the end back; the next tokens
-overwrite what was after it.
+``GROW_STEP_TOKENS`` tokens). Up to ``EXACT_FIT_TOKENS`` it is sized exactly instead, copied each
+token as transformers does: there the copy is small, and attention reads a compact tensor
+faster than a view with room after it (1-2% per token at 128 tokens, measured on a CPU). Cropping
+(reuse across turns) moves the end back; the next tokens overwrite what was after it.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 GROW_STEP_TOKENS = 512  # room added when a buffer is full; at most this much is held unused
+EXACT_FIT_TOKENS = 256  # up to this length, no room: attention gets a compact tensor
 
 
 class GrowingLayer(DynamicLayer):
-    """One layer's keys and values in a buffer of whole ``GROW_STEP_TOKENS`` steps."""
+    """One layer's keys and values in a buffer of whole ``GROW_STEP_TOKENS`` steps (exactly
+    sized up to ``EXACT_FIT_TOKENS``)."""
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.device = key_states.device
@@ -39,7 +43,7 @@ class GrowingLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         end = self.length + key_states.shape[-2]
         if end > self.capacity:
-            self._grow(-(-end // GROW_STEP_TOKENS) * GROW_STEP_TOKENS)
+            self._grow(end if end <= EXACT_FIT_TOKENS else -(-end // GROW_STEP_TOKENS) * GROW_STEP_TOKENS)
         self._key_buffer[..., self.length : end, :] = key_states
         self._value_buffer[..., self.length : end, :] = value_states
         self._show(end)
