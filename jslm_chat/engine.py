@@ -67,6 +67,8 @@ class InProcessBackend(Backend):
         self.model_key = register_model(
             model, tokenizer, 0 if on_zerogpu else cache_slots, compiled=compiled and not on_zerogpu
         )
+        if self.compiled:
+            loaded_model(self.model_key).warm_up_compiled()
 
     @property
     def model(self) -> Any:

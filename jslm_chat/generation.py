@@ -31,7 +31,7 @@ from .growing_cache import new_cache
 from .kv_cache import PrefixCachePool
 from .long_lived_threads import LongLivedThreads
 from .params import GenerationParams
-from .static_cache import compile_config, static_cache_for
+from .static_cache import STATIC_STEP_TOKENS, compile_config, static_cache_for, static_capacity
 from .streaming import JapaneseTextStreamer
 
 logger = logging.getLogger(__name__)
@@ -75,6 +75,38 @@ class LoadedModel:
         if self.compiled:
             config.compile_config = compile_config()
         return config
+
+    def warm_up_compiled(self) -> None:
+        """Compile decoding now, in the thread replies use, rather than during the first replies
+        (where a Stop would wait for it): the first cache size, then the next, after which dynamo
+        makes the size dynamic and one graph serves every size. On failure decoding stays eager."""
+        context = getattr(self.model.config, "max_position_embeddings", STATIC_STEP_TOKENS)
+        sizes = sorted({static_capacity(STATIC_STEP_TOKENS, context), static_capacity(2 * STATIC_STEP_TOKENS, context)})
+        failed: list[BaseException] = []
+
+        def compile_sizes() -> None:
+            try:
+                for size in sizes:
+                    started = time.perf_counter()
+                    self._decode_two_tokens(size)
+                    logger.info("compiled decoding, %d-token cache: %.1f s", size, time.perf_counter() - started)
+            except Exception as error:
+                failed.append(error)
+                logger.exception("torch.compile failed; decoding stays eager")
+
+        self._compiled_threads.submit(compile_sizes)()
+        self.compiled = not failed
+
+    def _decode_two_tokens(self, cache_size: int) -> None:
+        input_ids = torch.tensor([[self.tokenizer.bos_token_id or 0]], device=self.model.device)
+        params = GenerationParams(2, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0, ignore_eos=True)
+        with torch.inference_mode():
+            self.model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                cache=static_cache_for(self.model.config, None, cache_size),
+                generation_config=self.generation_config(params),
+            )
 
 
 _MODELS: dict[str, LoadedModel] = {}

@@ -150,7 +150,7 @@ FLAGS: tuple[Flag, ...] = (
     ),
     Flag(
         "compile",
-        "in-process: decode with a static cache and torch.compile (for GPUs; each cache size compiles on first use)",
+        "in-process: decode with a static cache and torch.compile (for GPUs; compiles at start-up)",
         switch=True,
     ),
     Flag(

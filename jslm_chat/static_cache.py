@@ -1,9 +1,9 @@
 """The cache of compiled decoding (``--compile``): transformers' ``StaticCache`` in a few sizes.
 
 With a static cache, ``generate()`` runs each decoding step through ``torch.compile`` (on a GPU
-with CUDA graphs: one launch per token instead of hundreds). The compiled step is specialised on
-the cache's size, so sizes double from ``STATIC_STEP_TOKENS`` up to the model's context (at 4,096:
-512, 1,024, 2,048 and 4,096, four compilations at most). A cache kept from an earlier turn is
+with CUDA graphs: one launch per token instead of hundreds). Sizes double from
+``STATIC_STEP_TOKENS`` up to the model's context (at 4,096: 512, 1,024, 2,048 and 4,096): few
+shapes to compile and record, little memory held unused. A cache kept from an earlier turn is
 used again when the new prompt and its reply fit in it, else copied into the next size up.
 """
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +20,7 @@ from jslm_chat.prompt import Turn
 from jslm_chat.settings import parse_settings
 from jslm_chat.static_cache import STATIC_STEP_TOKENS, static_cache_for, static_capacity
 
+ROOT = Path(__file__).resolve().parent.parent
 SYSTEM = "あなたは役立つアシスタントです。"
 QUESTIONS = ["日本の四季について教えてください。", "東京について教えて。", "京都のお寺は？"]
 LONG_ANSWER = "日本の文化はとても奥が深く、季節の行事や食べ物、言葉の中に昔からの考え方が残っています。" * 16
@@ -43,7 +48,6 @@ def compiled(demo_model_path):
 
 
 def test_compiled_decoding_gives_the_eager_replies_and_reuses_each_turn(eager, compiled):
-    compiles = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     turns: list[Turn] = []
     for question in QUESTIONS:
         conversation = Conversation(SYSTEM, list(turns), question)
@@ -52,11 +56,45 @@ def test_compiled_decoding_gives_the_eager_replies_and_reuses_each_turn(eager, c
         assert got.reused_tokens == expected.reused_tokens
         turns.append(Turn(question, got.text))
     assert got.reused_tokens > 0
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > compiles  # it did compile
     assert compiled.runs_on == "cpu · float32 · compiled" and eager.runs_on == "cpu · float32"
 
 
+def test_decoding_is_compiled_at_load_and_no_reply_compiles_again(compiled):
+    """Loading compiles the first two cache sizes, after which one dynamic graph serves every size:
+    no reply waits for a compilation (nor does a Stop)."""
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert graphs >= 1
+    for new_tokens in (16, 700, 1500):  # caches of 512, 1,024 and 2,048 tokens
+        reply = answer(compiled, Conversation(SYSTEM, [], QUESTIONS[0]), greedy(new_tokens))
+        assert reply.new_tokens == new_tokens
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+
+
+def test_without_a_working_compiler_decoding_stays_eager(demo_model_path, tmp_path):
+    """A real compile failure (no C++ compiler for inductor) at load: logged, and replies run eager."""
+    script = f"""
+from jslm_chat.backend import Conversation
+from jslm_chat.loading import load_engine
+from jslm_chat.params import GenerationParams
+backend = load_engine({str(demo_model_path)!r}, device="cpu", dtype="float32", compiled=True)
+reply = backend.stream(Conversation("sys", [], "日本"), GenerationParams(8, 0.0, 1.0, 0, 1.0, 0, ignore_eos=True))
+for _ in reply:
+    pass
+print(backend.runs_on, reply.new_tokens, reply.finish_reason)
+"""
+    no_compiler = {"CXX": str(tmp_path / "no-such-g++"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    environment = {**os.environ, **no_compiler}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT, env=environment
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "cpu · float32 8 length"
+    assert "torch.compile failed; decoding stays eager" in done.stderr
+    assert "InvalidCxxCompiler" in done.stderr  # the real fault's trace is kept
+
+
 def test_a_longer_turn_moves_the_kept_cache_into_the_next_size(eager, compiled):
+    compiled.close()  # no caches kept from earlier tests
     short = Conversation(SYSTEM, [], QUESTIONS[0])
     first = answer(compiled, short)
     longer = Conversation(SYSTEM, [Turn(QUESTIONS[0], first.text), Turn(QUESTIONS[1], LONG_ANSWER)], QUESTIONS[2])
