@@ -42,7 +42,7 @@ from bench_inprocess import (
     greedy,
     without_reuse,
 )
-from transformers import CompileConfig, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from jslm_chat.backend import Backend, Conversation
 from jslm_chat.demo_model.corpus import load_corpus
@@ -51,6 +51,7 @@ from jslm_chat.engine import InProcessBackend, Placement
 from jslm_chat.generation import _StopAndCount, generation_config
 from jslm_chat.presets import resolve_preset
 from jslm_chat.prompt import Turn
+from jslm_chat.static_cache import compile_config
 from jslm_chat.streaming import JapaneseTextStreamer
 
 LLAMA2_7B = {
@@ -160,12 +161,10 @@ def compiled_generate(backend: InProcessBackend, prompt_ids: list[int]) -> Any:
     """A bare ``generate()`` with transformers' static cache, which it compiles (``torch.compile``)."""
     model, tokenizer = backend.model, backend.tokenizer
     input_ids = torch.tensor([prompt_ids], device=model.device)
-    compile_config = CompileConfig()
-    compile_config._compile_all_devices = True  # generate() compiles by itself only on accelerators
 
     def run(tokens: int, **extra: Any) -> None:
         config = generation_config(tokenizer, model, greedy(tokens))
-        config.cache_implementation, config.compile_config = "static", compile_config
+        config.cache_implementation, config.compile_config = "static", compile_config()
         with torch.inference_mode():
             model.generate(
                 input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config, **extra
