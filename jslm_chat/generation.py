@@ -28,7 +28,7 @@ from transformers import GenerationConfig, StoppingCriteria
 
 from .backend import UPDATE_INTERVAL_SECONDS, finish_reason
 from .growing_cache import new_cache
-from .kv_cache import PrefixCachePool
+from .kv_cache import PrefixCachePool, cached_tokens
 from .long_lived_threads import LongLivedThreads
 from .params import GenerationParams
 from .static_cache import STATIC_STEP_TOKENS, compile_config, static_cache_for, static_capacity
@@ -284,7 +284,7 @@ class _Generation:
         ``PREFILL_CHUNK_TOKENS`` tokens) to ``generate()``, which needs it for the first token
         anyway: one forward pass fewer. False if stopped."""
         model, length = self.loaded.model, input_ids.shape[1]
-        start = int(cache.get_seq_length())  # a tensor in a static cache
+        start = cached_tokens(cache)
         while length - start > PREFILL_CHUNK_TOKENS:
             if self.stop.is_set():
                 return False

@@ -30,6 +30,11 @@ class CachedPrefix:
     token_ids: list[int]
 
 
+def cached_tokens(cache: Any) -> int:
+    """How many tokens ``cache`` holds (a static cache reports a tensor)."""
+    return int(cache.get_seq_length())
+
+
 def common_prefix_length(first: Sequence[int], second: Sequence[int]) -> int:
     """How many leading token ids the two sequences share."""
     shared = 0
@@ -68,14 +73,14 @@ class PrefixCachePool:
             if best_key is None or best_length < MIN_REUSED_TOKENS:
                 return None, 0
             entry = self._entries.pop(best_key)
-        entry.cache.crop(best_length - int(entry.cache.get_seq_length()))  # transformers 5: tokens to remove, as <= 0
+        entry.cache.crop(best_length - cached_tokens(entry.cache))  # transformers 5: tokens to remove, as <= 0
         return entry.cache, best_length
 
     def put(self, cache: Any, token_ids: Sequence[int]) -> None:
         """Keep ``cache`` (holding ``token_ids``) for later turns; evict the oldest beyond ``slots``."""
         if self.slots < 1:
             return
-        held = min(len(token_ids), int(cache.get_seq_length()))  # a tensor in a static cache
+        held = min(len(token_ids), cached_tokens(cache))
         if held < MIN_REUSED_TOKENS:
             return
         with self._lock:

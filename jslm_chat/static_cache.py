@@ -14,6 +14,8 @@ from typing import Any
 
 from transformers import CompileConfig, StaticCache
 
+from .kv_cache import cached_tokens
+
 STATIC_STEP_TOKENS = 512
 
 
@@ -32,7 +34,7 @@ def static_cache_for(config: Any, kept: StaticCache | None, tokens: int) -> Stat
         return kept
     context = getattr(config, "max_position_embeddings", tokens)
     cache = StaticCache(config=config, max_cache_len=static_capacity(tokens, context))
-    held = int(kept.get_seq_length()) if kept is not None else 0
+    held = cached_tokens(kept) if kept is not None else 0
     if kept is not None and held:
         for old, new in zip(kept.layers, cache.layers, strict=True):
             new.update(old.keys[..., :held, :], old.values[..., :held, :])
