@@ -160,6 +160,22 @@ def paced_generation(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(generation._StopAndCount, "__call__", paced_step)
 
 
+def greedy(max_new_tokens: int = 24, *, ignore_eos: bool = True) -> GenerationParams:
+    """Greedy decoding; replies run to their full length (EOS ignored) so that there is text to compare."""
+    from jslm_chat.params import GenerationParams
+
+    return GenerationParams(max_new_tokens, 0.0, 1.0, 0, 1.0, 0, ignore_eos=ignore_eos)
+
+
+def answer(backend: Backend, conversation: Conversation, params: GenerationParams | None = None) -> ReplyStream:
+    """The finished reply of ``backend`` to ``conversation``."""
+    reply = backend.stream(conversation, params or greedy())
+    for _ in reply:
+        pass
+    assert reply.finish_reason in ("eos", "length")
+    return reply
+
+
 def generation_threads() -> list[object]:
     """Generation threads still alive in this process."""
     import threading

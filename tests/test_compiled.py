@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import answer, greedy
 from transformers import StaticCache
 
-from jslm_chat.backend import Backend, Conversation, ReplyStream
+from jslm_chat.backend import Conversation
 from jslm_chat.generation import loaded_model
 from jslm_chat.loading import load_engine
-from jslm_chat.params import GenerationParams
 from jslm_chat.prompt import Turn
 from jslm_chat.settings import parse_settings
 from jslm_chat.static_cache import STATIC_STEP_TOKENS, static_cache_for, static_capacity
@@ -24,17 +24,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SYSTEM = "あなたは役立つアシスタントです。"
 QUESTIONS = ["日本の四季について教えてください。", "東京について教えて。", "京都のお寺は？"]
 LONG_ANSWER = "日本の文化はとても奥が深く、季節の行事や食べ物、言葉の中に昔からの考え方が残っています。" * 16
-
-
-def greedy(max_new_tokens: int = 32) -> GenerationParams:
-    return GenerationParams(max_new_tokens, 0.0, 1.0, 0, 1.0, 0, ignore_eos=True)
-
-
-def answer(backend: Backend, conversation: Conversation, params: GenerationParams | None = None) -> ReplyStream:
-    reply = backend.stream(conversation, params or greedy())
-    for _ in reply:
-        pass
-    return reply
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +40,7 @@ def test_compiled_decoding_gives_the_eager_replies_and_reuses_each_turn(eager, c
     turns: list[Turn] = []
     for question in QUESTIONS:
         conversation = Conversation(SYSTEM, list(turns), question)
-        expected, got = answer(eager, conversation), answer(compiled, conversation)
+        expected, got = answer(eager, conversation, greedy(32)), answer(compiled, conversation, greedy(32))
         assert got.text == expected.text and got.new_tokens == 32
         assert got.reused_tokens == expected.reused_tokens
         turns.append(Turn(question, got.text))
@@ -96,9 +85,9 @@ print(backend.runs_on, reply.new_tokens, reply.finish_reason)
 def test_a_longer_turn_moves_the_kept_cache_into_the_next_size(eager, compiled):
     compiled.close()  # no caches kept from earlier tests
     short = Conversation(SYSTEM, [], QUESTIONS[0])
-    first = answer(compiled, short)
+    first = answer(compiled, short, greedy(32))
     longer = Conversation(SYSTEM, [Turn(QUESTIONS[0], first.text), Turn(QUESTIONS[1], LONG_ANSWER)], QUESTIONS[2])
-    expected, got = answer(eager, longer), answer(compiled, longer)
+    expected, got = answer(eager, longer, greedy(32)), answer(compiled, longer, greedy(32))
     assert got.prompt.num_tokens + 32 > STATIC_STEP_TOKENS
     assert got.reused_tokens > first.prompt.num_tokens - 2
     assert got.text == expected.text

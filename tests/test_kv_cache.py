@@ -15,13 +15,13 @@ import weakref
 
 import pytest
 import torch
+from conftest import answer, greedy
 from transformers import DynamicCache
 
 from jslm_chat.backend import Backend, Conversation, ReplyStream
 from jslm_chat.generation import loaded_model
 from jslm_chat.kv_cache import MIN_REUSED_TOKENS, PrefixCachePool, common_prefix_length
 from jslm_chat.loading import load_engine
-from jslm_chat.params import GenerationParams
 from jslm_chat.prompt import Turn
 
 SYSTEM = "あなたは役立つアシスタントです。"
@@ -39,20 +39,6 @@ QUESTIONS = [
 ]
 LONG_USER = "日本の文化について、歴史と今の暮らしの両方から詳しく教えてください。" * 6
 LONG_ANSWER = "日本の文化はとても奥が深く、季節の行事や食べ物、言葉の中に昔からの考え方が残っています。" * 6
-
-
-def greedy(max_new_tokens: int = 24, *, ignore_eos: bool = True) -> GenerationParams:
-    """Greedy decoding; replies run to their full length (EOS ignored) so that there is text to compare."""
-    return GenerationParams(max_new_tokens, 0.0, 1.0, 0, 1.0, 0, ignore_eos=ignore_eos)
-
-
-def answer(backend: Backend, conversation: Conversation, params: GenerationParams | None = None) -> ReplyStream:
-    """The finished reply of ``backend`` to ``conversation``."""
-    reply = backend.stream(conversation, params or greedy())
-    for _ in reply:
-        pass
-    assert reply.finish_reason in ("eos", "length")
-    return reply
 
 
 @pytest.fixture(scope="module")
