@@ -135,8 +135,7 @@ def first_token_times(backend: Backend, conversations: list[Conversation]) -> li
     ]
 
 
-def report_first_tokens(backend: InProcessBackend, target_tokens: int) -> None:
-    conversations = long_chat(backend, target_tokens)
+def report_first_tokens(backend: InProcessBackend, conversations: list[Conversation]) -> None:
     fresh = without_reuse(backend)
     reused, scratch = first_token_times(backend, conversations), first_token_times(fresh, conversations)
     backend.close()
@@ -309,9 +308,10 @@ def main() -> None:
             path = str(folder or wide_model(Path(scratch)))
             backend = load_engine(path, device="cpu", dtype="float32", compiled=args.compile)
             print(f"\n{name} model: {backend.label}, context {backend.context_length}")
-            report_first_tokens(backend, target)
+            conversations = long_chat(backend, target)
+            report_first_tokens(backend, conversations)
             report_decoding(backend, args.tokens, not args.no_api)
-            report_long_decoding(backend, long_chat(backend, target)[-1], args.tokens)
+            report_long_decoding(backend, conversations[-1], args.tokens)
 
 
 if __name__ == "__main__":
