@@ -34,11 +34,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from vllm_server import VllmServer, free_port, vllm_python  # noqa: E402 - the tests' server launcher
 
-from jslm_chat.backend import Backend, Conversation  # noqa: E402
-from jslm_chat.params import GenerationParams  # noqa: E402
-from jslm_chat.presets import resolve_preset  # noqa: E402
-from jslm_chat.prompt import Turn  # noqa: E402
-from jslm_chat.vllm_backend import VllmBackend  # noqa: E402
+from jslm_chat.backends.vllm import VllmBackend  # noqa: E402
+from jslm_chat.model.backend import Backend, Conversation  # noqa: E402
+from jslm_chat.model.params import GenerationParams  # noqa: E402
+from jslm_chat.model.presets import resolve_preset  # noqa: E402
+from jslm_chat.model.prompt import Turn  # noqa: E402
 
 SYSTEM = "あなたは役立つアシスタントです。"
 REPLY_TOKENS = 128
@@ -160,7 +160,7 @@ def report(title: str, results: dict[str, dict[str, Any]]) -> None:
 
 def in_process(model: Path) -> tuple[Backend, Callable[[], bool]]:
     """The in-process backend on ``model`` (float32, CPU), and whether its generation thread is gone."""
-    from jslm_chat.loading import load_engine
+    from jslm_chat.backends.inprocess.loading import load_engine
 
     def idle() -> bool:
         return not any(thread.name == "jslm-generate" for thread in threading.enumerate())

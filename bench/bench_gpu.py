@@ -44,15 +44,15 @@ from bench_inprocess import (
 )
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from jslm_chat.backend import Backend, Conversation
+from jslm_chat.backends.inprocess.backend import InProcessBackend, Placement
+from jslm_chat.backends.inprocess.generation import _StopAndCount, generation_config
+from jslm_chat.backends.inprocess.static_cache import compile_config
+from jslm_chat.backends.inprocess.streamer import JapaneseTextStreamer
 from jslm_chat.demo_model.corpus import load_corpus
 from jslm_chat.demo_model.tokenizer import train_tokenizer
-from jslm_chat.engine import InProcessBackend, Placement
-from jslm_chat.generation import _StopAndCount, generation_config
-from jslm_chat.presets import resolve_preset
-from jslm_chat.prompt import Turn
-from jslm_chat.static_cache import compile_config
-from jslm_chat.streaming import JapaneseTextStreamer
+from jslm_chat.model.backend import Backend, Conversation
+from jslm_chat.model.presets import resolve_preset
+from jslm_chat.model.prompt import Turn
 
 LLAMA2_7B = {
     "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,

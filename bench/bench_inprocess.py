@@ -43,14 +43,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # api_client
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from jslm_chat.backend import Backend, Conversation, ReplyStream
+from jslm_chat.backends.inprocess.backend import InProcessBackend
+from jslm_chat.backends.inprocess.generation import _StopAndCount, generation_config
+from jslm_chat.backends.inprocess.loading import load_engine
+from jslm_chat.backends.inprocess.streamer import JapaneseTextStreamer
 from jslm_chat.demo_model import demo_model_dir
-from jslm_chat.engine import InProcessBackend
-from jslm_chat.generation import _StopAndCount, generation_config
-from jslm_chat.loading import load_engine
-from jslm_chat.params import GenerationParams
-from jslm_chat.prompt import Turn
-from jslm_chat.streaming import JapaneseTextStreamer
+from jslm_chat.model.backend import Backend, Conversation, ReplyStream
+from jslm_chat.model.params import GenerationParams
+from jslm_chat.model.prompt import Turn
 
 SYSTEM = "あなたは役立つアシスタントです。"
 QUESTION = "日本の文化について、歴史と今の暮らしの両方から詳しく教えてください。"

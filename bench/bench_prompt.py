@@ -3,9 +3,9 @@
 Run: ``python bench/bench_prompt.py``. Each history is N short Japanese exchanges; the budget is
 4096 - 512 tokens (the app's default context and max_new_tokens), so only the newest turns fit.
 Prints, per format and history length, the best of a few runs and the turns kept.
-``--before FILE`` times another version of ``jslm_chat/prompt.py`` instead, e.g. the old one::
+``--before FILE`` times another version of ``jslm_chat/model/prompt.py`` instead, e.g. the old one::
 
-    git show main:jslm_chat/prompt.py > /tmp/prompt_before.py
+    git show main:jslm_chat/model/prompt.py > /tmp/prompt_before.py
     python bench/bench_prompt.py --before /tmp/prompt_before.py --turns 10 100 1000 3000
 """
 
@@ -31,7 +31,7 @@ FORMATS = ("llama2", "alpaca_ja")
 
 
 def load_prompt_module(path: Path | None) -> ModuleType:
-    """``jslm_chat.prompt``, or the module at ``path`` loaded as part of the package."""
+    """``jslm_chat.model.prompt``, or the module at ``path`` loaded as part of the package."""
     if path is None:
         return current_prompt
     spec = importlib.util.spec_from_file_location("jslm_chat._prompt_bench", path)
@@ -69,7 +69,7 @@ def main() -> None:
     args = parser.parse_args()
     module = load_prompt_module(args.before)
     tokenizer = AutoTokenizer.from_pretrained(demo_model_dir())
-    print(f"prompt module: {args.before or 'jslm_chat/prompt.py'}; budget {BUDGET} tokens")
+    print(f"prompt module: {args.before or 'jslm_chat/model/prompt.py'}; budget {BUDGET} tokens")
     print(f"{'format':<10} {'turns':>7} {'seconds':>10} {'kept':>5}")
     for name in args.formats:
         builder = module.PromptBuilder(tokenizer, module.get_format(name))

@@ -21,7 +21,7 @@ import torch
 from transformers import LlamaTokenizer, TextIteratorStreamer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from jslm_chat.streaming import JapaneseTextStreamer
+from jslm_chat.backends.inprocess.streamer import JapaneseTextStreamer
 
 KANA_CORPUS = [
     "こんにちは、きょうはいいてんきですね！さんぽにいきましょうか？「はい」とかれはいった。",

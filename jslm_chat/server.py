@@ -11,13 +11,13 @@ from typing import Any
 
 import gradio as gr
 
-from .admission import Admission
-from .backend import Backend
-from .chat import ChatService
-from .feedback import FeedbackLog
-from .presets import resolve_preset
-from .settings import Settings, parse_settings
-from .ui import build_ui, configure_queue, launch_options
+from jslm_chat.chat.admission import Admission
+from jslm_chat.chat.service import ChatService
+from jslm_chat.model.backend import Backend
+from jslm_chat.model.presets import resolve_preset
+from jslm_chat.settings import Settings, parse_settings
+from jslm_chat.web.feedback import FeedbackLog
+from jslm_chat.web.layout import build_ui, configure_queue, launch_options
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +35,11 @@ def load_for(settings: Settings) -> Backend:
     """
     model = settings.model
     if settings.demo:
-        from .demo_model import demo_model_dir
+        from jslm_chat.demo_model import demo_model_dir
 
         model = str(demo_model_dir())
     if settings.backend == "vllm":
-        from .vllm_backend import BackendUnavailableError, VllmBackend
+        from jslm_chat.backends.vllm import BackendUnavailableError, VllmBackend
 
         preset = resolve_preset(model)
         if settings.demo:
@@ -48,7 +48,7 @@ def load_for(settings: Settings) -> Backend:
             return VllmBackend.connect(settings.vllm_url, preset)
         except BackendUnavailableError as error:
             raise StartupError(str(error)) from error
-    from .loading import ModelLoadError, load_engine
+    from jslm_chat.backends.inprocess.loading import ModelLoadError, load_engine
 
     options: dict[str, Any] = {"device": settings.device, "dtype": settings.dtype}
     if settings.demo:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .presets import DEFAULT_PRESET_KEY, PRESETS
+from jslm_chat.model.presets import DEFAULT_PRESET_KEY, PRESETS
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 DTYPE_CHOICES = ("auto", "float16", "bfloat16", "float32")

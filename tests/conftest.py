@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from jslm_chat.backend import Backend, Conversation, ReplyStream
-    from jslm_chat.chat import ChatService
-    from jslm_chat.params import GenerationParams
+    from jslm_chat.chat.service import ChatService
+    from jslm_chat.model.backend import Backend, Conversation, ReplyStream
+    from jslm_chat.model.params import GenerationParams
 
 SAMPLE_JA = (
     "こんにちは。今日はいい天気ですね。散歩に行きましょう！\n"
@@ -133,7 +133,7 @@ def endless_replies(monkeypatch: pytest.MonkeyPatch) -> None:
     generation to stop, also for requests from the browser, which never sets that option."""
     import dataclasses
 
-    from jslm_chat.backend import Backend
+    from jslm_chat.model.backend import Backend
 
     original = Backend.stream
 
@@ -149,7 +149,7 @@ def paced_generation(monkeypatch: pytest.MonkeyPatch) -> None:
     on how fast this machine runs the tiny models (a fast model can finish before a reader wakes)."""
     import time
 
-    from jslm_chat import generation
+    from jslm_chat.backends.inprocess import generation
 
     step = generation._StopAndCount.__call__
 
@@ -162,7 +162,7 @@ def paced_generation(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def greedy(max_new_tokens: int = 24, *, ignore_eos: bool = True) -> GenerationParams:
     """Greedy decoding; replies run to their full length (EOS ignored) so that there is text to compare."""
-    from jslm_chat.params import GenerationParams
+    from jslm_chat.model.params import GenerationParams
 
     return GenerationParams(max_new_tokens, 0.0, 1.0, 0, 1.0, 0, ignore_eos=ignore_eos)
 

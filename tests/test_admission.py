@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from jslm_chat.admission import Admission, BusyError
+from jslm_chat.chat.admission import Admission, BusyError
 
 
 def test_free_slots_admit_at_once_and_a_full_line_is_refused():

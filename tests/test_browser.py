@@ -19,8 +19,8 @@ import pytest
 from conftest import generation_threads, launch_app, wait_until
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
-from jslm_chat.saved import STORE_VERSION
-from jslm_chat.ui import STORAGE_KEY, STORAGE_SECRET
+from jslm_chat.web.layout import STORAGE_KEY, STORAGE_SECRET
+from jslm_chat.web.saved import STORE_VERSION
 
 pytestmark = pytest.mark.browser
 

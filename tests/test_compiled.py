@@ -13,12 +13,12 @@ import torch
 from conftest import answer, greedy
 from transformers import StaticCache
 
-from jslm_chat.backend import Conversation
-from jslm_chat.generation import loaded_model
-from jslm_chat.loading import load_engine
-from jslm_chat.prompt import Turn
+from jslm_chat.backends.inprocess.generation import loaded_model
+from jslm_chat.backends.inprocess.loading import load_engine
+from jslm_chat.backends.inprocess.static_cache import STATIC_STEP_TOKENS, static_cache_for, static_capacity
+from jslm_chat.model.backend import Conversation
+from jslm_chat.model.prompt import Turn
 from jslm_chat.settings import parse_settings
-from jslm_chat.static_cache import STATIC_STEP_TOKENS, static_cache_for, static_capacity
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEM = "あなたは役立つアシスタントです。"
@@ -62,9 +62,9 @@ def test_decoding_is_compiled_at_load_and_no_reply_compiles_again(compiled):
 def test_without_a_working_compiler_decoding_stays_eager(demo_model_path, tmp_path):
     """A real compile failure (no C++ compiler for inductor) at load: logged, and replies run eager."""
     script = f"""
-from jslm_chat.backend import Conversation
-from jslm_chat.loading import load_engine
-from jslm_chat.params import GenerationParams
+from jslm_chat.model.backend import Conversation
+from jslm_chat.backends.inprocess.loading import load_engine
+from jslm_chat.model.params import GenerationParams
 backend = load_engine({str(demo_model_path)!r}, device="cpu", dtype="float32", compiled=True)
 reply = backend.stream(Conversation("sys", [], "日本"), GenerationParams(8, 0.0, 1.0, 0, 1.0, 0, ignore_eos=True))
 for _ in reply:

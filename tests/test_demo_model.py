@@ -14,8 +14,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, 
 from jslm_chat import demo_model as dm
 from jslm_chat.demo_model import cache, recipe, training
 from jslm_chat.demo_model.__main__ import main
-from jslm_chat.presets import DEFAULT_SYSTEM_PROMPT
-from jslm_chat.prompt import Llama2Format, PromptBuilder
+from jslm_chat.model.presets import DEFAULT_SYSTEM_PROMPT
+from jslm_chat.model.prompt import Llama2Format, PromptBuilder
 
 SYSTEM_BLOCK = f"<<SYS>>\n{DEFAULT_SYSTEM_PROMPT}\n<</SYS>>\n\n"
 WEIGHT_AND_TOKENIZER_FILES = (

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from conftest import SAMPLE_JA
 
-from jslm_chat.detokenizer import IncrementalDetokenizer
+from jslm_chat.model.detokenizer import IncrementalDetokenizer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,7 +33,7 @@ def test_reset_drops_an_incomplete_character_and_starts_a_new_stream(llama_token
 
 def test_detokenizer_and_vllm_backend_import_neither_torch_nor_transformers():
     code = (
-        "import sys, jslm_chat.detokenizer, jslm_chat.vllm_backend; "
+        "import sys, jslm_chat.model.detokenizer, jslm_chat.backends.vllm; "
         "print(sorted({'torch', 'transformers'} & set(sys.modules)))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT)

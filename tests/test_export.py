@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from jslm_chat.export import to_json, to_markdown
+from jslm_chat.web.export import to_json, to_markdown
 
 HISTORY = [
     {"role": "user", "content": [{"type": "text", "text": "こんにちは"}]},

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache, LlamaConfig, MistralConfig
 
-from jslm_chat.growing_cache import EXACT_FIT_TOKENS, GROW_STEP_TOKENS, GrowingLayer, new_cache
+from jslm_chat.backends.inprocess.growing_cache import EXACT_FIT_TOKENS, GROW_STEP_TOKENS, GrowingLayer, new_cache
 
 
 @pytest.fixture(scope="module")

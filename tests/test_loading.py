@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jslm_chat import loading
-from jslm_chat.loading import (
+from jslm_chat.backends.inprocess import loading
+from jslm_chat.backends.inprocess.loading import (
     ModelLoadError,
     choose_placement,
     describe_load_failure,
@@ -114,11 +114,11 @@ def test_memory_failures_are_named_as_such():
 
 
 def test_cpu_slowness_warning_only_for_big_models(tiny_model_dir, caplog, monkeypatch):
-    with caplog.at_level("WARNING", logger="jslm_chat.loading"):
+    with caplog.at_level("WARNING", logger="jslm_chat.backends.inprocess.loading"):
         load_engine(str(tiny_model_dir), device="cpu")
     assert "very slowly" not in caplog.text
     monkeypatch.setattr(loading, "estimate_parameters", lambda config: 6_700_000_000)
-    with caplog.at_level("WARNING", logger="jslm_chat.loading"):
+    with caplog.at_level("WARNING", logger="jslm_chat.backends.inprocess.loading"):
         load_engine(str(tiny_model_dir), device="cpu", dtype="float32")
     assert "very slowly" in caplog.text
     assert "とても遅く" in caplog.text

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from jslm_chat.params import GenerationParams, InvalidParameterError
+from jslm_chat.model.params import GenerationParams, InvalidParameterError
 
 GOOD = {"max_new_tokens": 128, "temperature": 0.7, "top_p": 0.9, "top_k": 40, "repetition_penalty": 1.1}
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jslm_chat.presets import ALPACA_JA_FORMAT, DEFAULT_SYSTEM_PROMPT, LLAMA2_FORMAT, PRESETS, resolve_preset
+from jslm_chat.model.presets import ALPACA_JA_FORMAT, DEFAULT_SYSTEM_PROMPT, LLAMA2_FORMAT, PRESETS, resolve_preset
 
 
 def test_default_preset_is_instruct_beta_7b():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from jslm_chat.presets import ALPACA_JA_PREAMBLE
-from jslm_chat.prompt import (
+from jslm_chat.model.presets import ALPACA_JA_PREAMBLE
+from jslm_chat.model.prompt import (
     AlpacaJaFormat,
     Llama2Format,
     PromptBuilder,

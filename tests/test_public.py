@@ -103,8 +103,8 @@ def call(url: str, endpoint: str, data: list, **settings: object) -> tuple[str, 
 
     ``data`` holds the first inputs; the rest are the preset's defaults, or ``settings``.
     """
-    from jslm_chat.params import SHOWN_SETTINGS
-    from jslm_chat.presets import PRESETS
+    from jslm_chat.model.params import SHOWN_SETTINGS
+    from jslm_chat.model.presets import PRESETS
 
     defaults = {**PRESETS["instruct-beta-7b"].default_settings(), **settings}
     rest = [defaults[spec.name] for spec in SHOWN_SETTINGS] + [False]

@@ -8,7 +8,7 @@ from pathlib import Path
 import gradio
 import yaml
 
-from jslm_chat.presets import PRESETS
+from jslm_chat.model.presets import PRESETS
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from jslm_chat.relay import FrameRelay
+from jslm_chat.chat.relay import FrameRelay
 
 FRAME = 0.033
 

@@ -11,9 +11,9 @@ import vllm_server as servers
 from conftest import generation_threads, launch_app, wait_until
 from gradio_client import Client
 
+from jslm_chat.backends.vllm import VllmBackend
 from jslm_chat.server import load_for
 from jslm_chat.settings import Settings
-from jslm_chat.vllm_backend import VllmBackend
 
 vllm_server = servers.vllm_server
 long_context_vllm_server = servers.long_context_vllm_server

@@ -18,11 +18,11 @@ import vllm_server as servers
 from conftest import wait_until
 from vllm_server import VllmServer, free_port
 
-from jslm_chat.backend import Conversation, GenerationError
-from jslm_chat.params import GenerationParams
-from jslm_chat.presets import resolve_preset
-from jslm_chat.prompt import Turn
-from jslm_chat.vllm_backend import BackendUnavailableError, VllmBackend, VllmReply
+from jslm_chat.backends.vllm import BackendUnavailableError, VllmBackend, VllmReply
+from jslm_chat.model.backend import Conversation, GenerationError
+from jslm_chat.model.params import GenerationParams
+from jslm_chat.model.presets import resolve_preset
+from jslm_chat.model.prompt import Turn
 
 vllm_server = servers.vllm_server  # fixtures, shared with other test modules
 long_context_vllm_server = servers.long_context_vllm_server
@@ -59,7 +59,7 @@ def backend(vllm_server: VllmServer, demo_model_path: Path) -> VllmBackend:
 @pytest.fixture(scope="module")
 def in_process(demo_model_path: Path) -> object:
     """The in-process (transformers) engine on the same model, as the app loads it."""
-    from jslm_chat.loading import load_engine
+    from jslm_chat.backends.inprocess.loading import load_engine
 
     return load_engine(str(demo_model_path), device="cpu", dtype="float32")
 

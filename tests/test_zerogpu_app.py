@@ -23,11 +23,11 @@ SCENARIOS = r"""
 import json, multiprocessing, sys, threading, time
 import torch
 from gradio_client import Client
-from jslm_chat import zerogpu
-from jslm_chat.chat import ChatService, Done, Streaming
+from jslm_chat.backends.inprocess import zerogpu
+from jslm_chat.chat.service import ChatService, Done, Streaming
 from jslm_chat.server import create_app, launch, load_for
 from jslm_chat.settings import Settings
-from jslm_chat.ui_text import status_line
+from jslm_chat.web.text import status_line
 
 SETTINGS = {"max_new_tokens": 40, "temperature": 0.7, "top_p": 0.95, "top_k": 50, "repetition_penalty": 1.1, "seed": 1}
 FAILING = 13  # a request for exactly this many tokens fails inside the worker, as out of memory

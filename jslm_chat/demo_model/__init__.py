@@ -16,10 +16,10 @@ Q/A text and the training conversations), ``tokenizer``, ``training``, ``build``
 ``python -m jslm_chat.demo_model --out DIR`` to write one somewhere else.
 """
 
-from .build import build_demo_model
-from .cache import demo_model_dir
-from .corpus import load_corpus, training_samples
-from .recipe import CORPUS_PATH, DEFAULT_TRAIN_STEPS
+from jslm_chat.demo_model.build import build_demo_model
+from jslm_chat.demo_model.cache import demo_model_dir
+from jslm_chat.demo_model.corpus import load_corpus, training_samples
+from jslm_chat.demo_model.recipe import CORPUS_PATH, DEFAULT_TRAIN_STEPS
 
 __all__ = [
     "CORPUS_PATH",

@@ -6,9 +6,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from .build import build_demo_model
-from .cache import demo_model_dir
-from .recipe import DEFAULT_TRAIN_STEPS
+from jslm_chat.demo_model.build import build_demo_model
+from jslm_chat.demo_model.cache import demo_model_dir
+from jslm_chat.demo_model.recipe import DEFAULT_TRAIN_STEPS
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..presets import DEFAULT_SYSTEM_PROMPT
-from .corpus import load_corpus, training_samples
-from .recipe import BOS_ID, DEFAULT_TRAIN_STEPS, EOS_ID, PAD_ID, TRAIN_RECIPE, build_key
-from .tokenizer import train_tokenizer
-from .training import train_model
+from jslm_chat.demo_model.corpus import load_corpus, training_samples
+from jslm_chat.demo_model.recipe import BOS_ID, DEFAULT_TRAIN_STEPS, EOS_ID, PAD_ID, TRAIN_RECIPE, build_key
+from jslm_chat.demo_model.tokenizer import train_tokenizer
+from jslm_chat.demo_model.training import train_model
+from jslm_chat.model.presets import DEFAULT_SYSTEM_PROMPT
 
 if TYPE_CHECKING:
     from transformers import LlamaForCausalLM, PreTrainedTokenizerBase

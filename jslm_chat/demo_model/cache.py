@@ -9,9 +9,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .. import file_lock
-from .build import build_demo_model
-from .recipe import build_key
+from jslm_chat import file_lock
+from jslm_chat.demo_model.build import build_demo_model
+from jslm_chat.demo_model.recipe import build_key
 
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 

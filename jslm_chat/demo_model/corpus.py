@@ -1,6 +1,6 @@
 """The demo model's training text: the bundled Q/A corpus, rendered as Llama-2 chat turns.
 
-Turns are rendered by the app's own prompt code (:class:`~jslm_chat.prompt.Llama2Format`, with
+Turns are rendered by the app's own prompt code (:class:`~jslm_chat.model.prompt.Llama2Format`, with
 the default system prompt in the first turn) and encoded as the app encodes prompts, so the
 model sees in training exactly what it is given at run time.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..presets import DEFAULT_SYSTEM_PROMPT
-from ..prompt import Llama2Format, PromptBuilder, Segment, TokenizerLike, Turn
-from .recipe import BOS_ID, CORPUS_PATH, EOS_ID, TRAIN_RECIPE
+from jslm_chat.demo_model.recipe import BOS_ID, CORPUS_PATH, EOS_ID, TRAIN_RECIPE
+from jslm_chat.model.presets import DEFAULT_SYSTEM_PROMPT
+from jslm_chat.model.prompt import Llama2Format, PromptBuilder, Segment, TokenizerLike, Turn
 
 _FORMAT = Llama2Format()
 

@@ -6,8 +6,8 @@ import io
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .corpus import tokenizer_texts
-from .recipe import BOS_ID, MODEL_RECIPE, PAD_ID, TOKENIZER_RECIPE
+from jslm_chat.demo_model.corpus import tokenizer_texts
+from jslm_chat.demo_model.recipe import BOS_ID, MODEL_RECIPE, PAD_ID, TOKENIZER_RECIPE
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

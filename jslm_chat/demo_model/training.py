@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .recipe import BOS_ID, EOS_ID, MODEL_RECIPE, PAD_ID, TRAIN_RECIPE
+from jslm_chat.demo_model.recipe import BOS_ID, EOS_ID, MODEL_RECIPE, PAD_ID, TRAIN_RECIPE
 
 if TYPE_CHECKING:
     from torch import Tensor

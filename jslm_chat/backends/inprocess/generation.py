@@ -1,0 +1,341 @@
+"""One in-process reply: a ``generate()`` thread, its streamer, stop, and reuse of earlier caches.
+
+:func:`generate_reply` takes only plain, picklable data (a model key, prompt token ids, the
+sampling parameters, the seed) and yields plain records, so that it can run in another process
+(a ZeroGPU worker, see ``backend.py``) as well as in this one. The model, tokenizer and cache pool
+are module state registered before launch (:func:`register_model`); a forked worker inherits them.
+
+Inside, the prompt is prefilled in chunks (checking for a stop between chunks) into a cache that
+may already hold a shared prefix of an earlier turn (``prefix_cache``), then ``generate()`` decodes
+in a background thread whose ``StoppingCriteria`` checks the stop event after every step, while
+this generator hands the streamer's text out, everything queued so far in one piece.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from itertools import count
+from typing import Any
+
+import torch
+from transformers import GenerationConfig, StoppingCriteria
+
+from jslm_chat.backends.inprocess.growing_cache import new_cache
+from jslm_chat.backends.inprocess.prefix_cache import PrefixCachePool, cached_tokens
+from jslm_chat.backends.inprocess.static_cache import (
+    STATIC_STEP_TOKENS,
+    compile_config,
+    static_cache_for,
+    static_capacity,
+)
+from jslm_chat.backends.inprocess.streamer import JapaneseTextStreamer
+from jslm_chat.backends.inprocess.threads import LongLivedThreads
+from jslm_chat.model.backend import UPDATE_INTERVAL_SECONDS, finish_reason
+from jslm_chat.model.params import GenerationParams
+
+logger = logging.getLogger(__name__)
+
+QUEUE_POLL_SECONDS = 0.1
+JOIN_TIMEOUT_SECONDS = 120.0
+PREFILL_CHUNK_TOKENS = 512  # a stop during a long prefill takes effect after at most this many tokens
+
+
+@dataclass
+class LoadedModel:
+    """A model in this process, with its tokenizer, its pool of reusable caches, and whether its
+    decoding is compiled (static caches, ``torch.compile``) or eager (growing caches)."""
+
+    model: Any
+    tokenizer: Any
+    caches: PrefixCachePool
+    compiled: bool = False
+    _compiled_threads: LongLivedThreads = field(default_factory=lambda: LongLivedThreads("jslm-compiled"), repr=False)
+
+    def run_in_background(self, work: Callable[[], None]) -> Callable[[], object]:
+        """Run ``work`` in a thread of its own; returns a function that waits until it has returned.
+
+        The thread is a new one, or with compiled decoding a long-lived one (see ``threads``).
+        """
+        if not self.compiled:
+            thread = threading.Thread(target=work, name="jslm-generate", daemon=True)
+            thread.start()
+            return thread.join
+        return self._compiled_threads.submit(work)
+
+    def cache_for(self, kept: Any, tokens: int) -> Any:
+        """A cache for a prompt and reply of ``tokens`` in all, continuing ``kept`` (from the pool) if given."""
+        if self.compiled:
+            return static_cache_for(self.model.config, kept, tokens)
+        return kept if kept is not None else new_cache(self.model.config)
+
+    def generation_config(self, params: GenerationParams) -> GenerationConfig:
+        """``generate()`` settings for ``params`` on this model."""
+        config = generation_config(self.tokenizer, self.model, params)
+        if self.compiled:
+            config.compile_config = compile_config()
+        return config
+
+    def warm_up_compiled(self) -> None:
+        """Compile decoding now, in the thread replies use, rather than during the first replies
+        (where a Stop would wait for it): the first cache size, then the next, after which dynamo
+        makes the size dynamic and one graph serves every size. On failure decoding stays eager."""
+        context = getattr(self.model.config, "max_position_embeddings", STATIC_STEP_TOKENS)
+        sizes = sorted({static_capacity(STATIC_STEP_TOKENS, context), static_capacity(2 * STATIC_STEP_TOKENS, context)})
+        failed: list[BaseException] = []
+
+        def compile_sizes() -> None:
+            try:
+                for size in sizes:
+                    started = time.perf_counter()
+                    self._decode_two_tokens(size)
+                    logger.info("compiled decoding, %d-token cache: %.1f s", size, time.perf_counter() - started)
+            except Exception as error:
+                failed.append(error)
+                logger.exception("torch.compile failed; decoding stays eager")
+
+        self._compiled_threads.submit(compile_sizes)()
+        self.compiled = not failed
+
+    def _decode_two_tokens(self, cache_size: int) -> None:
+        input_ids = torch.tensor([[self.tokenizer.bos_token_id or 0]], device=self.model.device)
+        params = GenerationParams(2, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0, ignore_eos=True)
+        with torch.inference_mode():
+            self.model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                cache=static_cache_for(self.model.config, None, cache_size),
+                generation_config=self.generation_config(params),
+            )
+
+
+_MODELS: dict[str, LoadedModel] = {}
+_keys = count()
+
+
+def register_model(model: Any, tokenizer: Any, cache_slots: int, *, compiled: bool = False) -> str:
+    """Make a loaded model available to :func:`generate_reply`; returns its key."""
+    key = f"model-{next(_keys)}"
+    _MODELS[key] = LoadedModel(model, tokenizer, PrefixCachePool(cache_slots), compiled)
+    return key
+
+
+def loaded_model(key: str) -> LoadedModel:
+    """The model registered under ``key``."""
+    return _MODELS[key]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """New text of the reply and how many tokens were generated so far."""
+
+    text: str
+    new_tokens: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    """How a reply ended: finish reason, counts, and a bilingual message when it failed."""
+
+    finish_reason: str
+    new_tokens: int
+    reused_tokens: int
+    error: str | None = None
+
+
+def generate_reply(
+    model_key: str, token_ids: list[int], params: GenerationParams, seed: int, stop: threading.Event | None = None
+) -> Iterator[Progress | Finished]:
+    """Yield :class:`Progress` records while the reply grows, then one :class:`Finished` record.
+
+    A record with empty text comes at least every ``QUEUE_POLL_SECONDS`` while nothing new arrives
+    (prefill, a character still incomplete), so that a consumer can stop without waiting.
+
+    Setting ``stop`` (or closing this generator) ends the generation within one decoding step or
+    one prefill chunk; the thread is joined before this generator finishes.
+    """
+    generation = _Generation(loaded_model(model_key), token_ids, params, seed, stop or threading.Event())
+    generation.start()
+    try:
+        yield from generation.progress()
+    finally:
+        generation.stop_and_join()
+    yield generation.finished()
+
+
+class _StopAndCount(StoppingCriteria):
+    """Stops generation once ``event`` is set; counts decoding steps."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+        self.steps = 0
+        self.stopped = False
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        self.steps += 1
+        self.stopped = self.event.is_set()
+        return torch.full((input_ids.shape[0],), self.stopped, dtype=torch.bool, device=input_ids.device)
+
+
+class _Generation:
+    """The state of one reply's generation thread."""
+
+    def __init__(
+        self, loaded: LoadedModel, token_ids: list[int], params: GenerationParams, seed: int, stop: threading.Event
+    ) -> None:
+        self.loaded = loaded
+        self.token_ids = token_ids
+        self.params = params
+        self.seed = seed
+        self.stop = stop
+        self.counter = _StopAndCount(stop)
+        self.streamer = JapaneseTextStreamer(loaded.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.done = threading.Event()  # set as the work's last step
+        self.wait_for_work: Callable[[], object] = self.done.wait
+        self.reused_tokens = 0
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        self.wait_for_work = self.loaded.run_in_background(self._run)
+
+    def progress(self) -> Iterator[Progress]:
+        """The streamer's text, at most one record per update interval; never blocks forever.
+
+        Text that arrives within ``UPDATE_INTERVAL_SECONDS`` of the last record waits for the
+        rest of that interval and goes out with whatever followed it: a fast model does not pay
+        for one UI update per token, and no character is late by more than the interval. The
+        end of the reply does not wait.
+        """
+        pending, end = self.streamer.text_queue, self.streamer.stop_signal
+        last_record = 0.0
+        while True:
+            try:
+                parts = [pending.get(timeout=QUEUE_POLL_SECONDS)]
+            except queue.Empty:
+                if self.done.is_set() and pending.empty():
+                    return
+                # A heartbeat: on ZeroGPU the worker sees a close only when this generator yields.
+                yield Progress("", self.counter.steps)
+                continue
+            wait = last_record + UPDATE_INTERVAL_SECONDS - time.monotonic()
+            if wait > 0 and parts[-1] is not end:
+                self.done.wait(wait)  # the rest of the interval, or less if the reply ends (or is stopped)
+            while parts[-1] is not end:
+                try:
+                    parts.append(pending.get_nowait())
+                except queue.Empty:
+                    break
+            ended = parts[-1] is end
+            text = "".join(parts[:-1] if ended else parts)
+            if text:
+                last_record = time.monotonic()
+                yield Progress(text, self.counter.steps)
+            if ended:
+                return
+
+    def stop_and_join(self) -> None:
+        self.stop.set()
+        if self.done.wait(JOIN_TIMEOUT_SECONDS):
+            self.wait_for_work()  # at once: the work ended; a thread of its own exits too
+        else:
+            logger.error("generation thread did not stop within %.0f s", JOIN_TIMEOUT_SECONDS)
+
+    def finished(self) -> Finished:
+        steps, reused = self.counter.steps, self.reused_tokens
+        if self.error is not None:
+            return Finished("error", steps, reused, describe_generation_error(self.error))
+        return Finished(finish_reason(self.counter.stopped, steps, self.params.max_new_tokens), steps, reused)
+
+    def _run(self) -> None:
+        try:
+            torch.manual_seed(self.seed)
+            with torch.inference_mode():
+                self._generate()
+        except BaseException as error:  # reported to the consumer as a Finished record
+            self.error = error
+            logger.exception("generation failed")
+            self.loaded.caches.clear()
+            free_accelerator_memory()
+        finally:
+            self.streamer.end()
+            self.done.set()
+
+    def _generate(self) -> None:
+        model, caches = self.loaded.model, self.loaded.caches
+        kept, self.reused_tokens = caches.take(self.token_ids)
+        cache = self.loaded.cache_for(kept, len(self.token_ids) + self.params.max_new_tokens)
+        input_ids = torch.tensor([self.token_ids], dtype=torch.long, device=model.device)
+        if not self._prefill(cache, input_ids):
+            self.counter.stopped = True
+            caches.put(cache, self.token_ids)  # what was prefilled still helps a retry
+            return
+        output = model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            cache=cache,
+            generation_config=self.loaded.generation_config(self.params),
+            streamer=self.streamer,
+            stopping_criteria=[self.counter],
+        )
+        caches.put(cache, output[0].tolist())
+
+    def _prefill(self, cache: Any, input_ids: torch.Tensor) -> bool:
+        """Fill ``cache`` with the prompt a chunk at a time, leaving the last chunk (1 to
+        ``PREFILL_CHUNK_TOKENS`` tokens) to ``generate()``, which needs it for the first token
+        anyway: one forward pass fewer. False if stopped."""
+        model, length = self.loaded.model, input_ids.shape[1]
+        start = cached_tokens(cache)
+        while length - start > PREFILL_CHUNK_TOKENS:
+            if self.stop.is_set():
+                return False
+            stop_at = start + PREFILL_CHUNK_TOKENS
+            positions = torch.arange(start, stop_at, device=input_ids.device)
+            model(input_ids=input_ids[:, start:stop_at], cache=cache, cache_position=positions, logits_to_keep=1)
+            start = stop_at
+        return not self.stop.is_set()
+
+
+def generation_config(tokenizer: Any, model: Any, params: GenerationParams) -> GenerationConfig:
+    """``generate()`` settings for ``params`` (top_k 0 stays 0: off, never the default 50)."""
+    eos = model.generation_config.eos_token_id
+    eos = eos if eos is not None else tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id
+    sampling: dict[str, Any] = (
+        {"do_sample": False}
+        if params.greedy
+        else {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": params.top_k}
+    )
+    return GenerationConfig(
+        max_new_tokens=params.max_new_tokens,
+        min_new_tokens=params.max_new_tokens if params.ignore_eos else None,
+        repetition_penalty=params.repetition_penalty,
+        eos_token_id=eos,
+        bos_token_id=tokenizer.bos_token_id,
+        pad_token_id=pad if pad is not None else eos,
+        **sampling,
+    )
+
+
+def describe_generation_error(error: BaseException) -> str:
+    """A bilingual message for a failed generation (out of memory gets its own advice)."""
+    if isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower():
+        return (
+            "GPU のメモリが足りなくなりました。最大生成トークン数を減らすか、会話をクリアしてもう一度お試しください。"
+            " / Out of GPU memory: lower max_new_tokens or clear the conversation, then try again."
+        )
+    return (
+        f"生成中にエラーが発生しました: {type(error).__name__}: {error}"
+        f" / Generation failed: {type(error).__name__}: {error}"
+    )
+
+
+def free_accelerator_memory() -> None:
+    """Return freed memory to the GPU (after an error, or when caches are dropped)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

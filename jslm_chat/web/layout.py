@@ -1,0 +1,320 @@
+"""Gradio Blocks layout and event wiring. What each event does lives in ``chat_events`` and ``saved_events``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from jslm_chat.chat.service import ChatService
+from jslm_chat.model.params import SHOWN_SETTINGS, Setting
+from jslm_chat.web import gradio_overheads
+from jslm_chat.web.api import register_api
+from jslm_chat.web.chat_events import ChatHandlers
+from jslm_chat.web.feedback import FeedbackLog
+from jslm_chat.web.saved import empty_store
+from jslm_chat.web.saved_events import ConversationHandlers
+from jslm_chat.web.text import TRANSLATIONS, header_html
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+THREADS_BESIDES_GENERATION = 16  # Gradio worker threads for quick events and the API's /prompt
+GRADIO_DEFAULT_THREADS = 40
+LATEX_DELIMITERS = [
+    {"left": "$$", "right": "$$", "display": True},
+    {"left": "\\[", "right": "\\]", "display": True},
+    {"left": "\\(", "right": "\\)", "display": False},
+    {"left": "$", "right": "$", "display": False},
+]
+HTML_SHOWN_AS_TEXT = (
+    *("script", "style", "iframe", "frame", "frameset", "object", "embed", "applet", "portal", "noscript"),
+    *("noembed", "noframes", "template", "slot", "base", "link", "meta", "head", "body", "html", "title"),
+    *("form", "textarea", "select", "option", "optgroup", "label", "fieldset", "legend", "datalist", "output"),
+    *("img", "image", "picture", "video", "audio", "source", "track", "canvas", "map", "area", "math", "param"),
+    *("dialog", "details", "summary", "marquee", "blink", "font", "center", "xmp", "plaintext", "listing"),
+    *("b", "i", "u", "s", "sub", "sup", "small", "big", "mark", "abbr", "cite", "q", "kbd", "samp", "var"),
+    *("time", "ins", "dfn", "bdi", "bdo", "ruby", "rt", "rp", "wbr", "nav", "header", "footer", "main"),
+    *("section", "article", "aside", "address", "figure", "figcaption", "hgroup", "menu", "dl", "dt", "dd"),
+    *("caption", "col", "colgroup", "tfoot", "meter", "progress", "search", "strike", "tt", "nobr"),
+)
+"""HTML tags in a message that the chat shows as text (Gradio's ``allow_tags`` escapes these in the rendered
+message). Every tag that Markdown rendering itself never produces is listed, and ``img`` too (a Markdown image
+then shows as its HTML). The few tags Markdown does produce (p, a, div, span, code, table...) stay HTML,
+cleaned by Gradio's sanitizer: nothing in a message ever runs."""
+DOWNLOAD_JS = """(text, name) => {
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(new Blob([text], {type: "text/plain;charset=utf-8"}));
+  link.download = name;
+  document.body.appendChild(link);
+  link.click();
+  setTimeout(() => { URL.revokeObjectURL(link.href); link.remove(); }, 1000);
+}"""
+
+STORAGE_KEY = "jslm-chat-conversations"
+STORAGE_SECRET = "jslm-chat"  # Gradio encrypts the stored value with this key. The key is
+# sent to the browser anyway (it is no secret); a fixed one keeps saved conversations readable after a
+# server restart, which Gradio's default (a random key per start) would lose.
+
+i18n = gr.I18n(**TRANSLATIONS)
+
+
+def load_examples() -> list[str]:
+    """Example prompts: blocks of ``assets/examples_ja.txt`` separated by two blank lines."""
+    text = (ASSETS / "examples_ja.txt").read_text(encoding="utf-8")
+    return [block.strip() for block in text.split("\n\n\n") if block.strip()]
+
+
+def setting_control(spec: Setting, value: Any, max_new_tokens_limit: int) -> gr.components.Component:
+    """The control for one setting: a slider for numbers, a text box for text and the seed."""
+    common: dict[str, Any] = {"label": i18n(spec.label), "elem_id": "jslm-" + spec.name.replace("_", "-")}
+    if spec.info:
+        common["info"] = i18n(spec.info)
+    if spec.step is None or spec.optional:
+        extra = {"lines": 2} if spec.kind is str else {"placeholder": i18n("jslm_seed_placeholder"), "max_length": 10}
+        return gr.Textbox("" if value is None else value, **common, **extra)
+    high = spec.slider_high or spec.high or max_new_tokens_limit
+    return gr.Slider(spec.low, high, value, step=spec.step, **common)
+
+
+@dataclass
+class Widgets:
+    """The components that events read and update."""
+
+    chatbot: gr.Chatbot
+    textbox: gr.Textbox
+    send: gr.Button
+    status: gr.Markdown
+    generating: gr.State
+    controls: list[Any]
+    buttons: dict[str, gr.Button]
+    store: gr.BrowserState
+    current: gr.State
+    listing: gr.Radio
+    title: gr.Textbox
+
+    @property
+    def panel(self) -> list[Any]:
+        """What every side-panel event updates: stored value, open conversation, list, title."""
+        return [self.store, self.current, self.listing, self.title]
+
+    @property
+    def emptied(self) -> list[Any]:
+        """What starting an empty conversation resets: chat, status, Continue, the sending flag."""
+        return [self.chatbot, self.status, self.buttons["continue"], self.generating, self.send]
+
+
+def build_ui(service: ChatService, *, demo_mode: bool = False, feedback: FeedbackLog | None = None) -> gr.Blocks:
+    """The chat app: side panel of saved conversations, chat, settings, examples, status line, export,
+    votes, and the ``/chat``, ``/prompt`` API."""
+    handlers = ChatHandlers(service, feedback)
+    backend = service.backend
+    with gr.Blocks(title="日本語 StableLM チャット / Japanese StableLM Chat") as app:
+        store = gr.BrowserState(empty_store(), storage_key=STORAGE_KEY, secret=STORAGE_SECRET)
+        current = gr.State(None)
+        listing, title, side_buttons = _sidebar()
+        logo = (ASSETS / "logo.svg").read_text(encoding="utf-8")
+        model_name = backend.preset.display_name
+        gr.HTML(
+            header_html(model_name, backend.runs_on, backend.context_length, logo, demo_mode), elem_id="jslm-header"
+        )
+        if demo_mode:
+            gr.Markdown(i18n("jslm_demo_banner"), elem_id="jslm-demo-banner", elem_classes=["jslm-banner"])
+        chatbot = gr.Chatbot(
+            label="会話 / Chat",
+            show_label=False,
+            elem_id="jslm-chatbot",
+            height=520,
+            buttons=["copy", "copy_all"],
+            placeholder=i18n("jslm_chat_placeholder"),
+            layout="bubble",
+            editable="user",
+            latex_delimiters=LATEX_DELIMITERS,
+            allow_tags=list(HTML_SHOWN_AS_TEXT),
+            feedback_options=("Like", "Dislike") if feedback else None,
+        )
+        with gr.Row(equal_height=True):
+            textbox = gr.Textbox(
+                label=i18n("jslm_message"),
+                show_label=False,
+                placeholder=i18n("jslm_message_placeholder"),
+                lines=1,  # Gradio: Enter sends only when lines == 1; the box still grows to max_lines
+                max_lines=10,
+                autofocus=True,
+                scale=8,
+                elem_id="jslm-input",
+            )
+            send = gr.Button(i18n("jslm_send"), variant="primary", scale=1, min_width=90, elem_id="jslm-send")
+        with gr.Row(elem_id="jslm-actions"):  # one row, phones included
+            action = {"size": "sm", "min_width": 64}
+            buttons = {
+                name: gr.Button(i18n("jslm_" + name), variant=variant, elem_id="jslm-" + name, **action)
+                for name, variant in ACTIONS.items()
+            }
+        buttons["continue"] = gr.Button(i18n("jslm_continue"), visible=False, size="sm", elem_id="jslm-continue")
+        status = gr.Markdown("", elem_id="jslm-status")
+        comment = gr.Textbox(
+            label=i18n("jslm_feedback_comment"), visible=feedback is not None, max_length=2000, elem_id="jslm-comment"
+        )
+        with gr.Accordion(i18n("jslm_settings"), open=False, elem_id="jslm-settings"):
+            defaults = backend.preset.default_settings()
+            controls = [
+                setting_control(spec, defaults[spec.name], service.max_new_tokens_limit) for spec in SHOWN_SETTINGS
+            ]
+            buttons["reset"] = gr.Button(i18n("jslm_reset"), size="sm")
+        gr.Examples(load_examples(), inputs=[textbox], label=i18n("jslm_examples"), cache_examples=False)
+        with gr.Row():
+            export_json = gr.Button(i18n("jslm_export_json"), size="sm", elem_id="jslm-export-json")
+            export_markdown = gr.Button(i18n("jslm_export_markdown"), size="sm", elem_id="jslm-export-md")
+            exported = gr.Textbox(visible="hidden", elem_id="jslm-exported")
+        buttons.update(side_buttons)
+        generating = gr.State(False)
+        widgets = Widgets(chatbot, textbox, send, status, generating, controls, buttons, store, current, listing, title)
+        conversations = ConversationHandlers(service)
+        reply_events = _wire(handlers, conversations, widgets)
+        _wire_conversations(app, conversations, widgets, reply_events)
+        _wire_extras(handlers, chatbot, controls, comment, (export_json, export_markdown, exported))
+        register_api(service)
+    return app
+
+
+ACTIONS: dict[str, Any] = {"stop": "stop", "retry": "secondary", "undo": "secondary", "clear": "secondary"}
+
+
+def _sidebar() -> tuple[gr.Radio, gr.Textbox, dict[str, gr.Button]]:
+    """The side panel: new chat, this browser's conversations, rename and delete."""
+    with gr.Sidebar(label=i18n("jslm_conversations"), elem_id="jslm-sidebar", width=280):
+        new_chat = gr.Button(i18n("jslm_new_chat"), variant="primary", size="sm", elem_id="jslm-new-chat")
+        listing = gr.Radio([], value=None, label=i18n("jslm_conversations"), elem_id="jslm-conversations")
+        title = gr.Textbox(label=i18n("jslm_title"), max_length=200, elem_id="jslm-title")
+        with gr.Row():
+            rename = gr.Button(i18n("jslm_rename"), size="sm", min_width=64, elem_id="jslm-rename")
+            delete = gr.Button(i18n("jslm_delete"), size="sm", min_width=64, variant="stop", elem_id="jslm-delete")
+        gr.Markdown(i18n("jslm_saved_note"), elem_id="jslm-saved-note")
+    return listing, title, {"new_chat": new_chat, "rename": rename, "delete": delete}
+
+
+INSTANT: dict[str, Any] = {"queue": False, "api_visibility": "private"}
+
+
+def _wire(handlers: ChatHandlers, conversations: ConversationHandlers, w: Widgets) -> list[Any]:
+    """Send, stream, Stop, Retry, Continue, edit, Undo and Reset; every change is saved in the browser.
+
+    Returns the reply events (which Clear, Undo, edit and the side panel cancel).
+    """
+    streamed = [w.chatbot, w.textbox, w.status, w.buttons["continue"]]
+    allow_sending = [w.generating, w.send]
+    saving = ([w.store, w.current, w.chatbot, *w.controls], w.panel)
+
+    def then(event: Any, reply: Any) -> Any:
+        """Save, then generate after ``event`` succeeded; when done (or failed), allow sending and save."""
+        reply_event = event.success(conversations.save, *saving, **INSTANT).then(
+            reply,
+            [w.chatbot, *w.controls],
+            streamed,
+            concurrency_limit=None,  # ChatService's admission decides who generates when
+            api_visibility="private",
+            show_progress="minimal",
+        )
+        reply_event.then(handlers.finish, None, allow_sending, **INSTANT).then(conversations.save, *saving, **INSTANT)
+        return reply_event
+
+    submitted = ([w.textbox, w.chatbot, w.generating], [w.textbox, w.chatbot, *allow_sending])
+    retried = ([w.chatbot, w.generating], [w.chatbot, *allow_sending])
+    reply_events = [
+        then(w.textbox.submit(handlers.submit, *submitted, **INSTANT), handlers.respond),
+        then(w.send.click(handlers.submit, *submitted, **INSTANT), handlers.respond),
+        then(w.buttons["retry"].click(handlers.retry, *retried, **INSTANT), handlers.respond),
+        then(
+            w.buttons["continue"].click(handlers.start_continue, [w.chatbot, w.generating], allow_sending, **INSTANT),
+            handlers.continue_reply,
+        ),
+    ]
+    w.chatbot.edit(None, None, None, cancels=list(reply_events), **INSTANT)  # the edited reply's updates stop
+    edited = w.chatbot.edit(handlers.edit, [w.chatbot], [w.chatbot, *allow_sending], **INSTANT)
+    reply_events.append(then(edited, handlers.respond))
+    w.buttons["stop"].click(handlers.stop, None, None, **INSTANT)
+    undone = w.buttons["undo"].click(
+        handlers.undo, [w.chatbot], [w.chatbot, w.textbox], cancels=reply_events, **INSTANT
+    )
+    undone.then(handlers.finish, None, allow_sending, **INSTANT).then(conversations.save, *saving, **INSTANT)
+    w.buttons["reset"].click(handlers.default_settings, None, w.controls, **INSTANT)
+    return reply_events
+
+
+def _wire_conversations(
+    app: gr.Blocks, conversations: ConversationHandlers, w: Widgets, reply_events: list[Any]
+) -> None:
+    """The side panel: restore on load, new chat (also Clear), switch, rename, delete; settings saved on change."""
+    app.load(conversations.load, [w.store], [*w.panel, w.chatbot, *w.controls], api_visibility="private").then(
+        None, js="() => { document.body.dataset.jslmRestored = 'true'; }", **INSTANT
+    )  # a mark that the page's own state is in place (the browser tests wait for it)
+    leaving = [w.store, w.current, w.chatbot, *w.controls]
+    for starting in (w.buttons["new_chat"].click, w.buttons["clear"].click, w.chatbot.clear):
+        starting(conversations.new_chat, leaving, [*w.panel, *w.emptied], cancels=reply_events, **INSTANT)
+    w.listing.input(
+        conversations.open,
+        [w.store, w.listing, *leaving[1:]],
+        [*w.panel, *w.emptied, *w.controls],
+        cancels=reply_events,
+        **INSTANT,
+    )
+    for renaming in (w.buttons["rename"].click, w.title.submit):
+        renaming(conversations.rename, [w.store, w.current, w.title], [w.store, w.listing, w.title], **INSTANT)
+    w.buttons["delete"].click(
+        conversations.delete, [w.store, w.current], [*w.panel, *w.emptied], cancels=reply_events, **INSTANT
+    )
+    changed = [control.release if isinstance(control, gr.Slider) else control.blur for control in w.controls]
+    gr.on(changed, conversations.save, leaving, w.panel, **INSTANT)
+
+
+def _wire_extras(
+    handlers: ChatHandlers,
+    chatbot: gr.Chatbot,
+    controls: list[Any],
+    comment: gr.Textbox,
+    exports: tuple[gr.Button, gr.Button, gr.Textbox],
+) -> None:
+    """Downloads (made in the browser from text: no file is written on the server) and votes."""
+    instant = INSTANT
+    export_json, export_markdown, exported = exports
+    for button, make, name in (
+        (export_json, handlers.export_json, "conversation.json"),
+        (export_markdown, handlers.export_markdown, "conversation.md"),
+    ):
+        button.click(make, [chatbot, *controls], exported, **instant).success(
+            None, [exported], None, js=f"(text) => ({DOWNLOAD_JS})(text, {name!r})", **instant
+        )
+    if handlers.feedback is not None:
+        chatbot.like(handlers.vote, [chatbot, comment, *controls], comment, **instant)
+
+
+GRADIO_QUEUE_SIZE = 1024  # events waiting for a worker thread; replies wait in ChatService's own line
+
+
+def configure_queue(app: gr.Blocks) -> gr.Blocks:
+    """Gradio's queue (needed for streaming); ChatService's admission bounds generation.
+
+    The size is explicit: on ZeroGPU, Gradio turns ``max_size=None`` into 1.
+    """
+    return gradio_overheads.trim(app.queue(default_concurrency_limit=None, max_size=GRADIO_QUEUE_SIZE))
+
+
+def launch_options(service: ChatService) -> dict[str, Any]:
+    """Theme, CSS, script, translations, favicon and worker threads for ``Blocks.launch``."""
+    admission = service.admission
+    return {
+        "theme": gr.themes.Soft(
+            primary_hue="indigo",
+            font=["Hiragino Sans", "Noto Sans JP", "Yu Gothic UI", "Meiryo", "system-ui", "sans-serif"],
+            font_mono=["Noto Sans Mono CJK JP", "ui-monospace", "monospace"],
+        ),
+        "css_paths": [ASSETS / "style.css"],
+        "js": (ASSETS / "app.js").read_text(encoding="utf-8"),
+        "i18n": i18n,
+        "favicon_path": str(ASSETS / "favicon.svg"),
+        # Every running or waiting reply holds a worker thread; never fewer than Gradio's default.
+        "max_threads": max(
+            GRADIO_DEFAULT_THREADS, admission.slots + admission.max_waiting + THREADS_BESIDES_GENERATION
+        ),
+    }

@@ -1,0 +1,210 @@
+"""Conversations saved in the browser (local storage through ``gr.BrowserState``), never on the server.
+
+The stored value is ``{"version": 1, "conversations": [...]}``, newest first; each conversation is
+``{"id", "title", "updated", "messages", "settings"}`` with plain ``{role, content}`` messages and
+the settings of :data:`~jslm_chat.model.params.SHOWN_SETTINGS` by name. What comes back from a browser
+is checked like API history (:func:`~jslm_chat.chat.history.history_to_turns`): a malformed
+conversation is dropped, a malformed setting falls back to its default, and the caller tells the
+user how many were dropped. Storage stays bounded: the :data:`MAX_SAVED_CONVERSATIONS` most
+recently updated conversations, at most :data:`MAX_STORE_BYTES` of JSON in all.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from jslm_chat.chat.history import ChatInputError, history_to_turns
+from jslm_chat.model.params import SHOWN_SETTINGS, InvalidParameterError
+
+STORE_VERSION = 1
+MAX_SAVED_CONVERSATIONS = 50
+"""Only the 50 most recently updated conversations are kept (older ones are dropped when saving)."""
+MAX_STORE_BYTES = 2_500_000
+"""UTF-8 bytes of JSON for all saved conversations: about 3.4 M characters once Gradio encrypts and
+base64-encodes it, inside the browsers' 5 M-character local storage quota per site."""
+MAX_TITLE_CHARS = 60
+MAX_ID_CHARS = 64
+NEW_CHAT_TITLE = "新しい会話 / New chat"
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class SavedConversation:
+    """One saved conversation: display messages (plain text) and the settings it was held with."""
+
+    id: str
+    title: str
+    updated: float
+    messages: tuple[Message, ...] = ()
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        """The JSON-ready form stored in the browser."""
+        return {
+            "id": self.id,
+            "title": self.title,
+            "updated": self.updated,
+            "messages": [dict(message) for message in self.messages],
+            "settings": dict(self.settings),
+        }
+
+
+@dataclass(frozen=True)
+class Restored:
+    """Conversations read back from a browser, and how many malformed items were left out."""
+
+    conversations: list[SavedConversation]
+    dropped: int
+
+
+def empty_store() -> dict[str, Any]:
+    """The value of a browser that has saved nothing yet."""
+    return {"version": STORE_VERSION, "conversations": []}
+
+
+def new_id() -> str:
+    """A fresh conversation id."""
+    return uuid.uuid4().hex
+
+
+def title_for(messages: Sequence[Mapping[str, Any]]) -> str:
+    """A title from the first user message: its first line, cut to :data:`MAX_TITLE_CHARS`."""
+    for message in messages:
+        if message.get("role") == "user" and message.get("content", "").strip():
+            return short_title(message["content"])
+    return NEW_CHAT_TITLE
+
+
+def short_title(text: str) -> str:
+    """``text``'s first non-empty line, whitespace collapsed, at most :data:`MAX_TITLE_CHARS` characters."""
+    line = next((line for line in text.splitlines() if line.strip()), "")
+    line = " ".join(line.split())
+    return line if len(line) <= MAX_TITLE_CHARS else line[: MAX_TITLE_CHARS - 1] + "…"
+
+
+def display_messages(history: object) -> tuple[Message, ...]:
+    """Checked plain messages for the chat; raises :class:`ChatInputError` like API history.
+
+    Notices are left out, consecutive replies joined; an empty reply is not shown.
+    """
+    messages: list[Message] = []
+    for turn in history_to_turns(history):
+        messages.append({"role": "user", "content": turn.user})
+        if turn.assistant:
+            messages.append({"role": "assistant", "content": turn.assistant})
+    return tuple(messages)
+
+
+def checked_settings(raw: object, defaults: Mapping[str, Any], limit: int) -> tuple[dict[str, Any], int]:
+    """Every shown setting checked (a missing one takes its default); and how many were malformed."""
+    values = raw if isinstance(raw, Mapping) else {}
+    dropped = 0 if raw is None or isinstance(raw, Mapping) else 1
+    settings: dict[str, Any] = {}
+    for spec in SHOWN_SETTINGS:
+        settings[spec.name] = defaults[spec.name]
+        if spec.name in values:
+            try:
+                settings[spec.name] = spec.check(values[spec.name], high=limit)
+            except InvalidParameterError:
+                dropped += 1
+    return settings, dropped
+
+
+def restore(raw: object, defaults: Mapping[str, Any], limit: int) -> Restored:
+    """The conversations in a browser's stored value, checked, newest first, within the bounds."""
+    if raw is None:
+        return Restored([], 0)
+    items = raw.get("conversations") if isinstance(raw, Mapping) and raw.get("version") == STORE_VERSION else None
+    if not isinstance(items, list):
+        return Restored([], 1)
+    conversations: list[SavedConversation] = []
+    seen: set[str] = set()
+    dropped = 0
+    for item in items:
+        conversation, bad_settings = _checked(item, defaults, limit)
+        if conversation is None or conversation.id in seen:
+            dropped += 1
+            continue
+        seen.add(conversation.id)
+        dropped += bad_settings
+        conversations.append(conversation)
+    conversations.sort(key=lambda conversation: conversation.updated, reverse=True)
+    return Restored(bounded(conversations), dropped)
+
+
+def _checked(item: object, defaults: Mapping[str, Any], limit: int) -> tuple[SavedConversation | None, int]:
+    if not isinstance(item, Mapping):
+        return None, 0
+    ident, title, updated = item.get("id"), item.get("title"), item.get("updated")
+    if not (isinstance(ident, str) and 0 < len(ident) <= MAX_ID_CHARS and isinstance(title, str)):
+        return None, 0
+    if isinstance(updated, bool) or not isinstance(updated, (int, float)) or not math.isfinite(updated):
+        return None, 0
+    try:
+        messages = display_messages(item.get("messages"))
+    except ChatInputError:
+        return None, 0
+    settings, bad_settings = checked_settings(item.get("settings"), defaults, limit)
+    title = short_title(title) or title_for(messages)
+    return SavedConversation(ident, title, float(updated), messages, settings), bad_settings
+
+
+def bounded(conversations: Sequence[SavedConversation]) -> list[SavedConversation]:
+    """The newest conversations that fit :data:`MAX_SAVED_CONVERSATIONS` and :data:`MAX_STORE_BYTES`."""
+    kept: list[SavedConversation] = []
+    size = 0
+    for conversation in conversations[:MAX_SAVED_CONVERSATIONS]:
+        size += len(json.dumps(conversation.as_json(), ensure_ascii=False).encode("utf-8"))
+        if size > MAX_STORE_BYTES:
+            break
+        kept.append(conversation)
+    return kept
+
+
+def store_value(conversations: Sequence[SavedConversation]) -> dict[str, Any]:
+    """The value to store in the browser (bounded)."""
+    return {"version": STORE_VERSION, "conversations": [item.as_json() for item in bounded(conversations)]}
+
+
+def with_saved(
+    conversations: Sequence[SavedConversation],
+    ident: str | None,
+    history: object,
+    settings: Mapping[str, Any],
+) -> tuple[list[SavedConversation], str | None]:
+    """The list with the conversation ``ident`` (a new one if None) holding ``history`` and ``settings``.
+
+    A new conversation with no messages is not saved (the id stays None). An unchanged conversation
+    keeps its place; a changed one moves to the top. Raises :class:`ChatInputError` for a malformed history.
+    """
+    messages = display_messages(history)
+    existing = next((item for item in conversations if item.id == ident), None)
+    if existing is None and not messages:
+        return list(conversations), None
+    if existing is not None and existing.messages == messages and dict(existing.settings) == dict(settings):
+        return list(conversations), ident
+    if existing is None:
+        saved = SavedConversation(ident or new_id(), title_for(messages), time.time(), messages, dict(settings))
+    else:
+        saved = replace(existing, updated=time.time(), messages=messages, settings=dict(settings))
+    return [saved, *(item for item in conversations if item.id != saved.id)], saved.id
+
+
+def renamed(conversations: Sequence[SavedConversation], ident: str, title: str) -> list[SavedConversation]:
+    """The list with conversation ``ident`` renamed (an empty title goes back to the first message)."""
+    return [
+        replace(item, title=short_title(title) or title_for(item.messages)) if item.id == ident else item
+        for item in conversations
+    ]
+
+
+def without(conversations: Sequence[SavedConversation], ident: str | None) -> list[SavedConversation]:
+    """The list without conversation ``ident``."""
+    return [item for item in conversations if item.id != ident]

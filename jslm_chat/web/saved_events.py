@@ -1,0 +1,137 @@
+"""The side panel's events: conversations saved in this browser (new chat, switch, rename, delete, save).
+
+The browser's stored value (``gr.BrowserState``) comes in with each event and the new value goes
+back out; nothing is kept on the server. Every stored value is checked first
+(:func:`~jslm_chat.web.saved.restore`); malformed data is dropped with a bilingual warning.
+The methods take and return plain values and Gradio updates, so tests drive them directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import gradio as gr
+
+from jslm_chat.chat.history import ChatInputError
+from jslm_chat.chat.service import ChatService, log_user_error
+from jslm_chat.model.params import SHOWN_SETTINGS
+from jslm_chat.web.chat_events import History, control_values, sending_allowed, settings_by_name
+from jslm_chat.web.saved import SavedConversation, checked_settings, renamed, restore, store_value, with_saved, without
+from jslm_chat.web.text import dropped_saved_notice
+
+
+def listing(conversations: Sequence[SavedConversation], current: str | None) -> gr.Radio:
+    """The side panel's list: titles, newest first; the open conversation selected."""
+    return gr.Radio(choices=[(item.title, item.id) for item in conversations], value=current)
+
+
+def title_of(conversations: Sequence[SavedConversation], current: str | None) -> str:
+    """The open conversation's title ("" for a new chat)."""
+    return next((item.title for item in conversations if item.id == current), "")
+
+
+def panel(conversations: Sequence[SavedConversation], current: str | None) -> tuple[Any, ...]:
+    """(stored value, open conversation's id, list, title): what every side-panel event updates."""
+    return store_value(conversations), current, listing(conversations, current), title_of(conversations, current)
+
+
+class ConversationHandlers:
+    """Saved-conversation events for one chat service; the stored value travels with each event."""
+
+    def __init__(self, service: ChatService) -> None:
+        self.service = service
+        self.defaults = service.backend.preset.default_settings()
+
+    def conversations(self, store: object) -> list[SavedConversation]:
+        """The browser's conversations, checked; warns (once per event) about anything dropped."""
+        restored = restore(store, self.defaults, self.service.max_new_tokens_limit)
+        if restored.dropped:
+            notice = dropped_saved_notice(restored.dropped)
+            log_user_error(ChatInputError(notice))
+            gr.Warning(notice, duration=None)
+        return restored.conversations
+
+    def _saved(
+        self, store: object, current: str | None, history: History, values: Sequence[Any]
+    ) -> tuple[list[SavedConversation], str | None]:
+        conversations = self.conversations(store)
+        limit = self.service.max_new_tokens_limit
+        settings, _ = checked_settings(settings_by_name(values), self.defaults, limit)
+        try:
+            return with_saved(conversations, current, history, settings)
+        except ChatInputError as error:  # not a conversation the chat could show: keep what was saved
+            log_user_error(error)
+            return conversations, current
+
+    def load(self, store: object) -> tuple[Any, ...]:
+        """On page load: the checked store written back, and the newest conversation opened.
+
+        Returns (store, current id, list, title, chat, *controls).
+        """
+        conversations = self.conversations(store)
+        if not conversations:  # leave the chat and the settings alone: the user may have started already
+            return *panel([], None), *(gr.skip(),) * (1 + len(SHOWN_SETTINGS))
+        newest = conversations[0]
+        return *panel(conversations, newest.id), list(newest.messages), *control_values(newest.settings)
+
+    def save(self, store: object, current: str | None, history: History, *values: Any) -> tuple[Any, ...]:
+        """Save the open conversation and its settings (a new one gets an id once it has a message).
+
+        Returns (store, current id, list, title).
+        """
+        return panel(*self._saved(store, current, history, values))
+
+    def open(
+        self,
+        request: gr.Request,
+        store: object,
+        chosen: str | None,
+        current: str | None,
+        history: History,
+        *values: Any,
+    ) -> tuple[Any, ...]:
+        """Stop any reply, save the open conversation, and open ``chosen`` with its settings.
+
+        Returns (store, current id, list, title, chat, status, continue button, generating, send, *controls).
+        """
+        self.service.stop(request.session_hash)
+        conversations, current = self._saved(store, current, history, values)
+        target = next((item for item in conversations if item.id == chosen), None)
+        if target is None:  # deleted in the meantime (another tab): stay where we are
+            return *panel(conversations, current), *(gr.skip(),) * (5 + len(values))
+        opened = list(target.messages), "", gr.Button(visible=False), *sending_allowed(False)
+        return *panel(conversations, target.id), *opened, *control_values(target.settings)
+
+    def new_chat(
+        self, request: gr.Request, store: object, current: str | None, history: History, *values: Any
+    ) -> tuple[Any, ...]:
+        """Stop any reply, save the open conversation, and start an empty one (settings kept).
+
+        Returns (store, current id, list, title, chat, status, continue button, generating, send).
+        """
+        self.service.stop(request.session_hash)
+        conversations, _ = self._saved(store, current, history, values)
+        return *panel(conversations, None), *self._emptied()
+
+    def rename(self, store: object, current: str | None, title: str) -> tuple[Any, ...]:
+        """Rename the open conversation (an empty title goes back to its first message).
+
+        Returns (store, list, title).
+        """
+        conversations = self.conversations(store)
+        if current is not None:
+            conversations = renamed(conversations, current, title or "")
+        stored, _, shown, title = panel(conversations, current)
+        return stored, shown, title
+
+    def delete(self, request: gr.Request, store: object, current: str | None) -> tuple[Any, ...]:
+        """Stop any reply, delete the open conversation from this browser, and start an empty one.
+
+        Returns (store, current id, list, title, chat, status, continue button, generating, send).
+        """
+        self.service.stop(request.session_hash)
+        return *panel(without(self.conversations(store), current), None), *self._emptied()
+
+    def _emptied(self) -> tuple[Any, ...]:
+        return [], "", gr.Button(visible=False), *sending_allowed(False)

@@ -1,0 +1,315 @@
+"""The UI's event handlers on the demo model, driven directly (no browser): chat and saved conversations."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from types import SimpleNamespace
+from typing import Any
+
+import gradio as gr
+import pytest
+from conftest import generation_threads, wait_until
+
+from jslm_chat.chat.service import ChatService
+from jslm_chat.model.params import SHOWN_SETTINGS
+from jslm_chat.web.chat_events import ChatHandlers
+from jslm_chat.web.saved import MAX_SAVED_CONVERSATIONS, MAX_STORE_BYTES, NEW_CHAT_TITLE, STORE_VERSION, empty_store
+from jslm_chat.web.saved_events import ConversationHandlers
+
+REQUEST = SimpleNamespace(session_hash="session-1")  # what the handlers read from gr.Request
+NAMES = [spec.name for spec in SHOWN_SETTINGS]
+
+
+@pytest.fixture(scope="module")
+def service(demo_engine: Any) -> ChatService:
+    return ChatService(demo_engine, max_new_tokens_limit=2048)
+
+
+@pytest.fixture
+def handlers(service: ChatService) -> ChatHandlers:
+    return ChatHandlers(service)
+
+
+@pytest.fixture
+def saved(service: ChatService) -> ConversationHandlers:
+    return ConversationHandlers(service)
+
+
+def values(handlers: ChatHandlers, **changed: Any) -> list[Any]:
+    """The controls' values: the defaults with ``changed`` settings."""
+    return [changed.get(name, value) for name, value in zip(NAMES, handlers.default_settings(), strict=True)]
+
+
+def drive(updates: AsyncIterator[tuple[Any, ...]], on_update: Callable[[tuple[Any, ...]], None] | None = None) -> list:
+    """Every update of an async generator handler (as Gradio consumes it); ``on_update`` sees each one."""
+
+    async def consume() -> list[tuple[Any, ...]]:
+        seen = []
+        async for update in updates:
+            seen.append(update)
+            if on_update is not None:
+                on_update(update)
+        return seen
+
+    return asyncio.run(asyncio.wait_for(consume(), timeout=120))
+
+
+def reply_text(update: tuple[Any, ...]) -> str:
+    chat = update[0]
+    return chat[-1]["content"] if isinstance(chat, list) and chat and chat[-1]["role"] == "assistant" else ""
+
+
+def ask(handlers: ChatHandlers, history: list, message: str, **changed: Any) -> list[tuple[Any, ...]]:
+    """Submit ``message`` and stream the reply to the end; the updates."""
+    _, history, generating, _ = handlers.submit(message, history, False)
+    assert generating is True
+    return drive(handlers.respond(REQUEST, history, *values(handlers, **changed)))
+
+
+def test_submit_moves_the_message_into_the_chat_and_blocks_sending(handlers):
+    textbox, history, generating, send = handlers.submit("こんにちは", [], False)
+    assert (textbox, history, generating) == ("", [{"role": "user", "content": "こんにちは"}], True)
+    assert send.interactive is False
+    for message, busy in (("   ", False), ("", False), ("二通目", True)):
+        with pytest.raises(gr.Error):
+            handlers.submit(message, history, busy)
+
+
+def test_respond_streams_a_finished_reply_with_a_status_line(handlers):
+    updates = ask(handlers, [], "自己紹介してください。", max_new_tokens=24)
+    final = updates[-1]
+    assert final[0][0] == {"role": "user", "content": "自己紹介してください。"}
+    assert final[0][1]["role"] == "assistant" and reply_text(final).strip()
+    assert "完了" in final[2]
+    assert final[1] is not None  # the textbox stays as it is (a skip)
+    shown = [reply_text(update) for update in updates if isinstance(update[0], list)]
+    assert all(later.startswith(earlier) for earlier, later in itertools.pairwise(shown))
+
+
+def test_a_bad_setting_puts_the_message_back_and_warns(handlers):
+    history = [{"role": "user", "content": "質問"}]
+    with pytest.warns(UserWarning, match="temperature"):
+        updates = drive(handlers.respond(REQUEST, history, *values(handlers, temperature=9.0)))
+    chat, textbox, status, _ = updates[-1]
+    assert chat == [] and textbox == "質問" and status.startswith("⚠️")
+
+
+@pytest.mark.usefixtures("endless_replies", "paced_generation")
+@pytest.mark.parametrize("stopper", ["stop", "undo", "edit", "new_chat", "open", "delete"])
+def test_stop_undo_edit_and_the_side_panel_stop_a_running_reply(handlers, saved, stopper):
+    history = [{"role": "user", "content": "長いお話をしてください。"}]
+    other = saved.save(empty_store(), None, [{"role": "user", "content": "別の会話"}], *values(handlers))
+    edit = gr.EditData(None, {"index": 0, "previous_value": "", "value": "x"})
+    stop: dict[str, Callable[[], object]] = {
+        "stop": lambda: handlers.stop(REQUEST),
+        "undo": lambda: handlers.undo(REQUEST, history),
+        "edit": lambda: handlers.edit(REQUEST, edit, history),
+        "new_chat": lambda: saved.new_chat(REQUEST, empty_store(), None, history, *values(handlers)),
+        "open": lambda: saved.open(REQUEST, other[0], other[1], None, history, *values(handlers)),
+        "delete": lambda: saved.delete(REQUEST, empty_store(), None),
+    }
+    stopped_at: list[float] = []
+
+    def stop_once_streaming(update: tuple[Any, ...]) -> None:
+        if not stopped_at and len(reply_text(update)) > 5:
+            stop[stopper]()
+            stopped_at.append(time.monotonic())
+
+    updates = drive(handlers.respond(REQUEST, history, *values(handlers, max_new_tokens=1500)), stop_once_streaming)
+    assert stopped_at, "the reply never streamed"
+    assert time.monotonic() - stopped_at[0] < 3, "the reply kept going after the stop"
+    assert "停止" in updates[-1][2]
+    assert wait_until(lambda: not generation_threads(), timeout=5)
+
+
+def test_retry_answers_the_last_message_again(handlers):
+    history = ask(handlers, [], "一つ目", max_new_tokens=8)[-1][0]
+    trimmed, generating, _ = handlers.retry(history, False)
+    assert trimmed == history[:1] and generating is True
+    again = drive(handlers.respond(REQUEST, trimmed, *values(handlers, max_new_tokens=8)))[-1][0]
+    assert [message["role"] for message in again] == ["user", "assistant"]
+    for empty, busy in (([], False), (history, True)):
+        with pytest.raises(gr.Error):
+            handlers.retry(empty, busy)
+
+
+@pytest.mark.usefixtures("endless_replies")
+def test_continue_extends_a_reply_cut_at_max_new_tokens_in_the_same_bubble(handlers):
+    final = ask(handlers, [], "続きのあるお話", max_new_tokens=8)[-1]
+    assert "最大生成トークン数" in final[2]
+    assert final[3].visible is True  # the Continue button appears
+    history = final[0]
+    generating, _ = handlers.start_continue(history, False)
+    assert generating is True
+    continued = drive(handlers.continue_reply(REQUEST, history, *values(handlers, max_new_tokens=8)))[-1]
+    assert len(continued[0]) == 2  # still one user message and one reply
+    assert continued[0][1]["content"].startswith(history[1]["content"])
+    assert len(continued[0][1]["content"]) > len(history[1]["content"])
+    with pytest.raises(gr.Error):
+        handlers.start_continue(history[:1], False)
+
+
+def test_edit_replaces_the_later_turns_and_undo_still_works(handlers):
+    history = ask(handlers, [], "一つ目の質問", max_new_tokens=6)[-1][0]
+    history = ask(handlers, history, "二つ目の質問", max_new_tokens=6)[-1][0]
+    assert len(history) == 4
+    edit = gr.EditData(None, {"index": 0, "previous_value": "一つ目の質問", "value": "直した質問"})
+    kept, generating, _ = handlers.edit(REQUEST, edit, history)
+    assert kept == [{"role": "user", "content": "直した質問"}] and generating is True
+    answered = drive(handlers.respond(REQUEST, kept, *values(handlers, max_new_tokens=6)))[-1][0]
+    assert [message["content"] for message in answered[:1]] == ["直した質問"] and len(answered) == 2
+    undone, textbox = handlers.undo(REQUEST, answered)
+    assert undone == [] and textbox == "直した質問"
+    with pytest.raises(gr.Error):  # a reply is not editable
+        handlers.edit(REQUEST, gr.EditData(None, {"index": 1, "previous_value": "", "value": "x"}), answered)
+
+
+def test_undo_removes_the_last_turn_and_gives_its_message_back(handlers):
+    history = [
+        {"role": "user", "content": "一"},
+        {"role": "assistant", "content": "いち"},
+        {"role": "user", "content": [{"type": "text", "text": "二"}]},
+        {"role": "assistant", "content": "に"},
+    ]
+    assert handlers.undo(REQUEST, history) == (history[:2], "二")
+    assert handlers.undo(REQUEST, [])[0] == []
+
+
+def test_reset_gives_the_presets_defaults(handlers, service):
+    defaults = service.backend.preset.default_settings()
+    reset = dict(zip(NAMES, handlers.default_settings(), strict=True))
+    assert reset["seed"] == "" and reset["temperature"] == defaults["temperature"]
+
+
+# Saved conversations: the value stored in the browser goes in and out of each handler.
+
+
+def test_a_conversation_is_saved_with_its_settings_and_titled_by_its_first_message(handlers, saved):
+    store, current, _, title = saved.save(empty_store(), None, [], *values(handlers))
+    assert current is None and store["conversations"] == []  # nothing to save yet
+    history = [{"role": "user", "content": "富士山の高さは？\n詳しく"}, {"role": "assistant", "content": "3776 m"}]
+    store, current, listing, title = saved.save(store, None, history, *values(handlers, temperature=0.3, seed="42"))
+    assert current and title == "富士山の高さは？"
+    assert listing.choices == [("富士山の高さは？", current)] and listing.value == current
+    stored = json.loads(json.dumps(store))  # what local storage keeps
+    assert stored["version"] == STORE_VERSION
+    [conversation] = stored["conversations"]
+    assert conversation["messages"] == history
+    assert conversation["settings"]["temperature"] == 0.3 and conversation["settings"]["seed"] == 42
+    # A reload opens the newest conversation with its settings.
+    loaded = saved.load(stored)
+    assert loaded[1] == current and loaded[3] == "富士山の高さは？" and loaded[4] == history
+    assert dict(zip(NAMES, loaded[5:], strict=True))["temperature"] == 0.3
+    assert saved.load(None)[:2] == (empty_store(), None)
+    assert all(update == gr.skip() for update in saved.load(None)[4:])  # nothing to restore: chat, settings kept
+
+
+def test_switching_saves_the_open_conversation_and_opens_the_other(handlers, saved):
+    first = [{"role": "user", "content": "一つ目"}, {"role": "assistant", "content": "いち"}]
+    second = [{"role": "user", "content": "二つ目"}]
+    store, first_id, _, _ = saved.save(empty_store(), None, first, *values(handlers, top_k=7))
+    store, second_id, listing, _ = saved.save(store, None, second, *values(handlers, top_k=9))
+    assert [choice[1] for choice in listing.choices] == [second_id, first_id]  # newest first
+    longer = [*second, {"role": "assistant", "content": "に"}]
+    opened = saved.open(REQUEST, store, first_id, second_id, longer, *values(handlers, top_k=11))
+    store, current, _, title, chat, status, button, generating, send = opened[:9]
+    assert (current, title, chat, status, generating) == (first_id, "一つ目", first, "", False)
+    assert button.visible is False and send.interactive is True
+    assert dict(zip(NAMES, opened[9:], strict=True))["top_k"] == 7
+    left = next(item for item in store["conversations"] if item["id"] == second_id)
+    assert left["messages"] == longer and left["settings"]["top_k"] == 11
+
+
+def test_new_chat_rename_and_delete(handlers, saved):
+    history = [{"role": "user", "content": "名前のない会話"}]
+    store, current, _, _ = saved.save(empty_store(), None, history, *values(handlers))
+    store, listing, title = saved.rename(store, current, "  大事な話  ")
+    assert title == "大事な話" and listing.choices == [("大事な話", current)]
+    assert saved.rename(store, current, "")[2] == "名前のない会話"  # an empty name goes back to the message
+    store, new_current, listing, title, chat, *_ = saved.new_chat(REQUEST, store, current, history, *values(handlers))
+    assert (new_current, title, chat, listing.value) == (None, "", [], None)
+    assert len(store["conversations"]) == 1  # the conversation left stays saved
+    store, deleted_current, listing, *_ = saved.delete(REQUEST, store, current)
+    assert store["conversations"] == [] and listing.choices == [] and deleted_current is None
+
+
+def _stored(index: int, **changed: Any) -> dict[str, Any]:
+    item = {
+        "id": f"id-{index}",
+        "title": f"会話 {index}",
+        "updated": 1_700_000_000 + index,
+        "messages": [{"role": "user", "content": f"質問 {index}"}, {"role": "assistant", "content": "答え"}],
+        "settings": {"temperature": 0.5},
+    }
+    return {**item, **changed}
+
+
+@pytest.mark.parametrize(
+    "store",
+    [
+        "not a store",
+        {"version": 99, "conversations": []},
+        {"version": STORE_VERSION, "conversations": "x"},
+        {"version": STORE_VERSION, "conversations": [_stored(1, messages=[{"role": "robot", "content": "x"}])]},
+        {"version": STORE_VERSION, "conversations": [_stored(1, messages=[{"role": "assistant", "content": "x"}])]},
+        {"version": STORE_VERSION, "conversations": [_stored(1, messages="<img src=x onerror=alert(1)>")]},
+        {"version": STORE_VERSION, "conversations": [_stored(1, id=42)]},
+        {"version": STORE_VERSION, "conversations": [_stored(1, updated="yesterday")]},
+        {"version": STORE_VERSION, "conversations": [_stored(1, title=None)]},
+        {"version": STORE_VERSION, "conversations": [["id-1", "会話"]]},
+    ],
+)
+def test_malformed_saved_data_is_dropped_with_a_bilingual_notice(saved, store):
+    with pytest.warns(UserWarning, match="破棄しました。 / .* dropped"):
+        loaded = saved.load(store)
+    assert loaded[:2] == (empty_store(), None) and loaded[2].choices == []
+
+
+def test_good_conversations_survive_beside_malformed_ones_and_bad_settings_fall_back(saved, service):
+    good = _stored(2, settings={"temperature": "hot", "top_k": 5})
+    store = {"version": STORE_VERSION, "conversations": [_stored(1, messages=42), good, _stored(2)]}
+    with pytest.warns(UserWarning, match="3 件"):  # a bad conversation, a bad setting, a duplicate id
+        loaded = saved.load(store)
+    assert [item["id"] for item in loaded[0]["conversations"]] == ["id-2"]
+    settings = dict(zip(NAMES, loaded[5:], strict=True))
+    assert settings["temperature"] == service.backend.preset.default_settings()["temperature"]
+    assert settings["top_k"] == 5
+
+
+def test_storage_is_bounded_to_the_newest_conversations(handlers, saved):
+    many = {
+        "version": STORE_VERSION,
+        "conversations": [_stored(index) for index in range(MAX_SAVED_CONVERSATIONS + 10)],
+    }
+    kept = saved.load(many)[0]["conversations"]
+    assert len(kept) == MAX_SAVED_CONVERSATIONS
+    assert kept[0]["id"] == f"id-{MAX_SAVED_CONVERSATIONS + 9}" and kept[-1]["id"] == "id-10"
+    big = [{"role": "user", "content": "長" * 100_000}]
+    store = empty_store()
+    for _ in range(12):
+        store = saved.save(store, None, big, *values(handlers))[0]
+    assert len(json.dumps(store, ensure_ascii=False).encode("utf-8")) <= MAX_STORE_BYTES + 100
+    assert 5 <= len(store["conversations"]) < 12
+
+
+def test_a_conversation_without_a_message_is_titled_new_chat(saved):
+    store = {"version": STORE_VERSION, "conversations": [_stored(1, title="", messages=[])]}
+    assert saved.load(store)[3] == NEW_CHAT_TITLE
+
+
+def test_thirty_replies_and_their_exports_write_nothing_to_disk(handlers, monkeypatch, tmp_path):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # every temp file of this process lands here
+    history: list = []
+    for turn in range(30):
+        updates = ask(handlers, history[-6:], f"質問 {turn}", max_new_tokens=4)
+        history = updates[-1][0]
+        exported = json.loads(handlers.export_json(history, *values(handlers)))
+        assert exported["messages"][-1]["role"] == "assistant"
+        assert handlers.export_markdown(history, *values(handlers)).startswith("# 会話ログ")
+    assert list(tmp_path.iterdir()) == []

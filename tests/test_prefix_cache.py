@@ -1,0 +1,316 @@
+"""KV-cache reuse across turns: the same greedy replies as without reuse, and a bounded pool.
+
+The correctness tests run the demo model twice side by side: a backend that reuses caches and one
+with ``cache_slots=0`` that prefills every prompt from scratch. With greedy decoding their replies
+must be the same text at every step of a chat, after Retry, Undo, an edit and dropped old turns.
+The pool's eviction logic is also tested on its own with a small stand-in cache.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import threading
+import weakref
+
+import pytest
+import torch
+from conftest import answer, greedy
+from transformers import DynamicCache
+
+from jslm_chat.backends.inprocess.generation import loaded_model
+from jslm_chat.backends.inprocess.loading import load_engine
+from jslm_chat.backends.inprocess.prefix_cache import MIN_REUSED_TOKENS, PrefixCachePool, common_prefix_length
+from jslm_chat.model.backend import Backend, Conversation, ReplyStream
+from jslm_chat.model.prompt import Turn
+
+SYSTEM = "あなたは役立つアシスタントです。"
+QUESTIONS = [
+    "日本の四季について教えてください。",
+    "東京について教えて。",
+    "京都のお寺は？",
+    "富士山の高さは？",
+    "おすすめの食べ物は？",
+    "「情けは人のためならず」の意味は？",
+    "ひらがなとカタカナの違いは？",
+    "散歩に行きましょう！",
+    "今日はいい天気ですね。",
+    "ありがとうございました。",
+]
+LONG_USER = "日本の文化について、歴史と今の暮らしの両方から詳しく教えてください。" * 6
+LONG_ANSWER = "日本の文化はとても奥が深く、季節の行事や食べ物、言葉の中に昔からの考え方が残っています。" * 6
+
+
+@pytest.fixture(scope="module")
+def fresh(demo_model_path):
+    """The demo model that never reuses a cache: the reference replies."""
+    return load_engine(str(demo_model_path), device="cpu", dtype="float32", cache_slots=0)
+
+
+@pytest.fixture(scope="module")
+def reusing_backend(demo_model_path):
+    return load_engine(str(demo_model_path), device="cpu", dtype="float32", cache_slots=3)
+
+
+@pytest.fixture
+def reusing(reusing_backend):
+    """The demo model reusing up to 3 caches, starting each test with an empty pool."""
+    reusing_backend.close()
+    yield reusing_backend
+    reusing_backend.close()
+
+
+def pool_of(backend: Backend) -> PrefixCachePool:
+    return loaded_model(backend.model_key).caches
+
+
+def same_reply(reusing: Backend, fresh: Backend, conversation: Conversation, **params: object) -> ReplyStream:
+    """The reply with reuse, after checking it is the reply without reuse."""
+    reply = answer(reusing, conversation, greedy(**params))  # type: ignore[arg-type]
+    reference = answer(fresh, conversation, greedy(**params))  # type: ignore[arg-type]
+    assert reference.reused_tokens == 0
+    assert reply.text == reference.text
+    assert reply.prompt.token_ids == reference.prompt.token_ids
+    return reply
+
+
+def chat(reusing: Backend, fresh: Backend, questions: list[str]) -> tuple[list[Turn], list[ReplyStream]]:
+    """A growing chat, each reply checked against the reference; the turns and the replies."""
+    turns: list[Turn] = []
+    replies = []
+    for question in questions:
+        reply = same_reply(reusing, fresh, Conversation(SYSTEM, list(turns), question))
+        turns.append(Turn(question, reply.text))
+        replies.append(reply)
+    return turns, replies
+
+
+def test_ten_turn_chat_is_identical_with_reuse_and_each_turn_reuses_the_previous_prompt(reusing, fresh):
+    _, replies = chat(reusing, fresh, QUESTIONS)
+    assert any(reply.text for reply in replies)
+    assert replies[0].reused_tokens == 0  # turn 1: nothing cached yet
+    for earlier, later in itertools.pairwise(replies):
+        assert later.reused_tokens >= earlier.prompt.num_tokens  # the whole earlier prompt, and more
+        assert later.reused_tokens < later.prompt.num_tokens  # the last token is always prefilled
+    assert replies[-1].prompt.num_tokens - replies[-1].reused_tokens < replies[-1].prompt.num_tokens / 4
+
+
+def test_retry_reuses_all_but_the_last_prompt_token_and_gives_the_same_reply(reusing, fresh):
+    turns, _ = chat(reusing, fresh, QUESTIONS[:3])
+    conversation = Conversation(SYSTEM, turns, QUESTIONS[3])
+    first = same_reply(reusing, fresh, conversation)
+    retry = same_reply(reusing, fresh, conversation)
+    assert retry.reused_tokens == retry.prompt.num_tokens - 1
+    assert retry.text == first.text
+
+
+def test_undo_reuses_the_shortened_history(reusing, fresh):
+    turns, replies = chat(reusing, fresh, QUESTIONS[:5])
+    shortened = same_reply(reusing, fresh, Conversation(SYSTEM, turns[:2], "では、大阪は？"))
+    shared = common_prefix_length(replies[-1].prompt.token_ids, shortened.prompt.token_ids)
+    assert shared > replies[1].prompt.num_tokens  # the two kept turns, up to the new message
+    assert shortened.reused_tokens == shared
+
+
+def test_an_edited_earlier_message_reuses_only_what_comes_before_it(reusing, fresh):
+    turns, replies = chat(reusing, fresh, QUESTIONS[:4])
+    edited = [*turns[:2], Turn("大阪について教えて。", turns[2].assistant), turns[3]]
+    reply = same_reply(reusing, fresh, Conversation(SYSTEM, edited, QUESTIONS[4]))
+    shared = common_prefix_length(replies[-1].prompt.token_ids, reply.prompt.token_ids)
+    assert replies[1].prompt.num_tokens < shared < replies[2].prompt.num_tokens
+    assert reply.reused_tokens == shared
+
+
+def logits_from(model: object, token_ids: list[int], cache: object, start: int) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(input_ids=torch.tensor([token_ids[start:]]), cache=cache).logits[0]  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("change", ["edit", "drop"])
+def test_a_cache_taken_from_the_pool_holds_exactly_the_shared_prefix(reusing, change):
+    """The keys and values of a cropped cache are those of the new prompt's first tokens: the model
+    continues from it to the same logits as over the whole prompt (a cache holding stale tokens
+    past the shared prefix would not)."""
+    long = change == "drop"
+    system = f"{SYSTEM}丁寧な日本語で、短く答えてください。"
+    turns = [Turn(f"{i}: {LONG_USER if long else QUESTIONS[i]}", LONG_ANSWER) for i in range(12 if long else 4)]
+    before = answer(reusing, Conversation(system, turns, QUESTIONS[5]))
+    changed = [*turns, Turn(LONG_USER, LONG_ANSWER)] if long else [*turns[:2], Turn("大阪は？", LONG_ANSWER), turns[3]]
+    prompt = reusing.prepare(Conversation(system, changed, QUESTIONS[5]), greedy().max_new_tokens)
+    assert prompt.dropped_turns > before.prompt.dropped_turns if long else prompt.dropped_turns == 0
+    cache, reused = pool_of(reusing).take(prompt.token_ids)
+    assert reused == common_prefix_length(before.prompt.token_ids, prompt.token_ids) >= MIN_REUSED_TOKENS
+    assert cache.get_seq_length() == reused < prompt.num_tokens - 20
+    model = reusing.model
+    whole = logits_from(model, prompt.token_ids, DynamicCache(config=model.config), 0)
+    torch.testing.assert_close(
+        logits_from(model, prompt.token_ids, cache, reused), whole[reused:], atol=1e-4, rtol=1e-4
+    )
+
+
+def test_dropped_old_turns_change_the_kept_prefix_and_the_reply_stays_the_same(reusing, fresh):
+    history = [Turn(f"{index}: {LONG_USER}", LONG_ANSWER) for index in range(12)]
+    first = same_reply(reusing, fresh, Conversation(SYSTEM, history, QUESTIONS[0]))
+    assert first.prompt.dropped_turns > 0
+    longer = [*history, Turn(QUESTIONS[0], first.text), Turn(LONG_USER, LONG_ANSWER)]
+    second = same_reply(reusing, fresh, Conversation(SYSTEM, longer, QUESTIONS[1]))
+    assert second.prompt.dropped_turns > first.prompt.dropped_turns
+    shared = common_prefix_length(first.prompt.token_ids, second.prompt.token_ids)
+    assert shared < first.prompt.num_tokens / 10  # only the system prompt is still in front
+    assert second.reused_tokens == (shared if shared >= MIN_REUSED_TOKENS else 0)
+
+
+def test_another_conversation_reuses_nothing(reusing, fresh):
+    chat(reusing, fresh, QUESTIONS[:2])
+    other = same_reply(reusing, fresh, Conversation("", [], "こんにちは。"))
+    assert other.reused_tokens == 0
+
+
+def test_a_stopped_reply_leaves_a_cache_that_still_gives_the_same_reply(reusing, fresh):
+    conversation = Conversation(SYSTEM, [Turn(QUESTIONS[0], LONG_ANSWER)], QUESTIONS[1])
+    stopped = reusing.stream(conversation, greedy(200, ignore_eos=True))
+    pieces = iter(stopped)
+    next(pieces)
+    stopped.stop()
+    for _ in pieces:
+        pass
+    assert stopped.finish_reason == "stopped"
+    retry = same_reply(reusing, fresh, conversation, max_new_tokens=64, ignore_eos=True)
+    assert retry.reused_tokens == retry.prompt.num_tokens - 1
+
+
+def test_the_pool_keeps_at_most_its_slots_and_evicts_the_oldest_conversation(reusing, fresh):
+    conversations = [Conversation(f"{SYSTEM}（{index}番目の会話）", [], QUESTIONS[index]) for index in range(4)]
+    first_replies = [answer(reusing, conversation) for conversation in conversations]
+    assert len(pool_of(reusing)) == 3
+    follow_ups = [
+        Conversation(conversation.system, [Turn(conversation.message, reply.text)], "続けてください。")
+        for conversation, reply in zip(conversations, first_replies, strict=True)
+    ]
+    newest = same_reply(reusing, fresh, follow_ups[3])
+    assert newest.reused_tokens >= first_replies[3].prompt.num_tokens
+    oldest = same_reply(reusing, fresh, follow_ups[0])
+    shared_system = common_prefix_length(conversations[0].system.encode(), conversations[1].system.encode())
+    assert shared_system > 0
+    # Only the shared start of the system prompts can still be found for the evicted conversation.
+    assert oldest.reused_tokens < first_replies[0].prompt.num_tokens - 2
+    assert len(pool_of(reusing)) == 3
+
+
+def test_clear_drops_every_cache_and_frees_it(reusing, fresh):
+    reply = answer(reusing, Conversation(SYSTEM, [], QUESTIONS[0]))
+    pool = pool_of(reusing)
+    cache, held = pool.take(reply.prompt.token_ids)
+    assert cache is not None
+    released = weakref.ref(cache)
+    pool.put(cache, reply.prompt.token_ids[:held])
+    del cache
+    assert len(pool) == 1
+    reusing.close()
+    gc.collect()
+    assert len(pool) == 0
+    assert released() is None
+    assert answer(reusing, Conversation(SYSTEM, [], QUESTIONS[0])).reused_tokens == 0
+
+
+@pytest.mark.usefixtures("paced_generation")
+def test_a_cache_in_use_is_not_shared_with_a_second_generation_of_the_same_prefix(reusing, fresh):
+    conversation = Conversation(SYSTEM, [Turn(QUESTIONS[0], LONG_ANSWER)], QUESTIONS[1])
+    answer(reusing, conversation, greedy(8))  # leaves one cache for this prefix
+    params = greedy(120, ignore_eos=True)
+    expected = answer(fresh, conversation, params).text
+    holder = reusing.stream(conversation, params)
+    holding = iter(holder)
+    next(holding)  # its generation thread has taken the cache and is decoding (5 ms a step)
+    second = answer(reusing, conversation, params)
+    assert holder.finish_reason is None  # still running while the second reply was made
+    for _ in holding:
+        pass
+    assert holder.reused_tokens > 0
+    assert second.reused_tokens == 0
+    assert holder.text == second.text == expected
+
+
+def test_two_threads_generating_from_the_same_prefix_at_once_both_get_the_right_reply(reusing, fresh):
+    conversation = Conversation(SYSTEM, [Turn(QUESTIONS[0], LONG_ANSWER)], QUESTIONS[1])
+    params = greedy(64, ignore_eos=True)
+    expected = answer(fresh, conversation, params).text
+    answer(reusing, conversation, greedy(8))
+    barrier = threading.Barrier(2)
+    texts: list[str] = []
+
+    def run() -> None:
+        barrier.wait()
+        texts.append(answer(reusing, conversation, params).text)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert texts == [expected, expected]
+
+
+class FakeCache:
+    """Just what the pool uses of a ``DynamicCache`` (transformers 5): its length and cropping."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove > 0:
+            raise ValueError("transformers 5 crops by a count of tokens to remove, given as <= 0")
+        self.length += tokens_to_remove
+
+
+def ids(start: int, length: int = 40) -> list[int]:
+    return list(range(start, start + length))
+
+
+def test_pool_take_crops_to_the_shared_prefix_and_leaves_the_last_token_to_prefill():
+    pool = PrefixCachePool(2)
+    pool.put(FakeCache(40), ids(0))
+    cache, reused = pool.take([*ids(0, 30), 999, 998])
+    assert (reused, cache.get_seq_length()) == (30, 30)
+    pool.put(FakeCache(40), ids(0))
+    cache, reused = pool.take(ids(0))
+    assert (reused, cache.get_seq_length()) == (39, 39)
+
+
+def test_pool_evicts_the_least_recently_used_beyond_its_slots():
+    pool = PrefixCachePool(2)
+    pool.put(FakeCache(40), ids(0))
+    pool.put(FakeCache(40), ids(100))
+    cache, _ = pool.take(ids(0, 41))  # conversation 0 continues: now the most recent
+    pool.put(cache, ids(0, 41))
+    pool.put(FakeCache(40), ids(200))
+    assert len(pool) == 2
+    assert pool.take(ids(100, 41)) == (None, 0)
+    assert pool.take(ids(0, 50))[1] == 40
+    assert pool.take(ids(200, 50))[1] == 40
+
+
+def test_pool_hands_a_cache_out_once_and_picks_the_longest_match():
+    pool = PrefixCachePool(3)
+    pool.put(FakeCache(20), ids(0, 20))
+    pool.put(FakeCache(40), ids(0, 40))
+    assert pool.take(ids(0, 60))[1] == 40
+    assert pool.take(ids(0, 60))[1] == 20
+    assert pool.take(ids(0, 60)) == (None, 0)
+
+
+def test_pool_ignores_short_prefixes_and_keeps_nothing_without_slots():
+    pool = PrefixCachePool(2)
+    pool.put(FakeCache(MIN_REUSED_TOKENS - 1), ids(0, MIN_REUSED_TOKENS - 1))
+    assert len(pool) == 0
+    pool.put(FakeCache(40), ids(0))
+    assert pool.take([*ids(0, MIN_REUSED_TOKENS - 1), -1, -2]) == (None, 0)
+    assert len(pool) == 1
+    pool.clear()
+    assert len(pool) == 0
+    empty = PrefixCachePool(0)
+    empty.put(FakeCache(40), ids(0))
+    assert len(empty) == 0
