@@ -160,12 +160,12 @@ def report(title: str, results: dict[str, dict[str, Any]]) -> None:
 
 def in_process(model: Path) -> tuple[Backend, Callable[[], bool]]:
     """The in-process backend on ``model`` (float32, CPU), and whether its generation thread is gone."""
-    from jslm_chat.backends.inprocess.loading import load_engine
+    from jslm_chat.backends.inprocess.loading import load_inprocess_backend
 
     def idle() -> bool:
         return not any(thread.name == "jslm-generate" for thread in threading.enumerate())
 
-    return load_engine(str(model), device="cpu", dtype="float32"), idle
+    return load_inprocess_backend(str(model), device="cpu", dtype="float32"), idle
 
 
 def app_overhead(backend: VllmBackend, chats: int = 8, rounds: int = RUNS) -> list[tuple[float, float, bool]]:

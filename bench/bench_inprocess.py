@@ -45,7 +45,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from jslm_chat.backends.inprocess.backend import InProcessBackend
 from jslm_chat.backends.inprocess.generation import _StopAndCount, generation_config
-from jslm_chat.backends.inprocess.loading import load_engine
+from jslm_chat.backends.inprocess.loading import load_inprocess_backend
 from jslm_chat.backends.inprocess.streamer import JapaneseTextStreamer
 from jslm_chat.demo_model import demo_model_dir
 from jslm_chat.model.backend import Backend, Conversation, ReplyStream
@@ -306,7 +306,7 @@ def main() -> None:
         for name in args.models.split(","):
             folder, target = folders[name]
             path = str(folder or wide_model(Path(scratch)))
-            backend = load_engine(path, device="cpu", dtype="float32", compiled=args.compile)
+            backend = load_inprocess_backend(path, device="cpu", dtype="float32", compiled=args.compile)
             print(f"\n{name} model: {backend.label}, context {backend.context_length}")
             conversations = long_chat(backend, target)
             report_first_tokens(backend, conversations)

@@ -48,14 +48,16 @@ def load_for(settings: Settings) -> Backend:
             return VllmBackend.connect(settings.vllm_url, preset)
         except BackendUnavailableError as error:
             raise StartupError(str(error)) from error
-    from jslm_chat.backends.inprocess.loading import ModelLoadError, load_engine
+    from jslm_chat.backends.inprocess.loading import ModelLoadError, load_inprocess_backend
 
     options: dict[str, Any] = {"device": settings.device, "dtype": settings.dtype}
     if settings.demo:
         options = {**options, "device": "cpu" if settings.device == "auto" else settings.device}
         options["display_name"] = DEMO_DISPLAY_NAME
     try:
-        return load_engine(model, cache_slots=settings.cache_conversations, compiled=settings.compile, **options)
+        return load_inprocess_backend(
+            model, cache_slots=settings.cache_conversations, compiled=settings.compile, **options
+        )
     except ModelLoadError as error:
         raise StartupError(str(error)) from error
 

@@ -14,7 +14,7 @@ from conftest import answer, greedy
 from transformers import StaticCache
 
 from jslm_chat.backends.inprocess.generation import loaded_model
-from jslm_chat.backends.inprocess.loading import load_engine
+from jslm_chat.backends.inprocess.loading import load_inprocess_backend
 from jslm_chat.backends.inprocess.static_cache import STATIC_STEP_TOKENS, static_cache_for, static_capacity
 from jslm_chat.model.backend import Conversation
 from jslm_chat.model.prompt import Turn
@@ -28,12 +28,12 @@ LONG_ANSWER = "日本の文化はとても奥が深く、季節の行事や食�
 
 @pytest.fixture(scope="module")
 def eager(demo_model_path):
-    return load_engine(str(demo_model_path), device="cpu", dtype="float32")
+    return load_inprocess_backend(str(demo_model_path), device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="module")
 def compiled(demo_model_path):
-    return load_engine(str(demo_model_path), device="cpu", dtype="float32", compiled=True)
+    return load_inprocess_backend(str(demo_model_path), device="cpu", dtype="float32", compiled=True)
 
 
 def test_compiled_decoding_gives_the_eager_replies_and_reuses_each_turn(eager, compiled):
@@ -63,9 +63,9 @@ def test_without_a_working_compiler_decoding_stays_eager(demo_model_path, tmp_pa
     """A real compile failure (no C++ compiler for inductor) at load: logged, and replies run eager."""
     script = f"""
 from jslm_chat.model.backend import Conversation
-from jslm_chat.backends.inprocess.loading import load_engine
+from jslm_chat.backends.inprocess.loading import load_inprocess_backend
 from jslm_chat.model.params import GenerationParams
-backend = load_engine({str(demo_model_path)!r}, device="cpu", dtype="float32", compiled=True)
+backend = load_inprocess_backend({str(demo_model_path)!r}, device="cpu", dtype="float32", compiled=True)
 reply = backend.stream(Conversation("sys", [], "日本"), GenerationParams(8, 0.0, 1.0, 0, 1.0, 0, ignore_eos=True))
 for _ in reply:
     pass
@@ -116,7 +116,7 @@ def test_static_sizes_double_up_to_the_context():
 
 
 def test_a_kept_cache_too_small_is_copied_with_what_it_holds(demo_model_path):
-    model = load_engine(str(demo_model_path), device="cpu", dtype="float32").model
+    model = load_inprocess_backend(str(demo_model_path), device="cpu", dtype="float32").model
     kept = StaticCache(config=model.config, max_cache_len=STATIC_STEP_TOKENS)
     ids = torch.tensor([[(index * 31) % 2900 + 5 for index in range(300)]])
     with torch.inference_mode():

@@ -26,4 +26,3 @@ def test_a_streamed_reply_does_not_search_sys_path_per_update(demo_engine, monke
         assert searches.count("matplotlib") < 3, searches  # Gradio tries it twice per update
     finally:
         app.close()
-

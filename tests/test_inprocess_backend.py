@@ -11,7 +11,7 @@ from conftest import generation_threads
 
 from jslm_chat.backends.inprocess import generation
 from jslm_chat.backends.inprocess.backend import InProcessReply
-from jslm_chat.backends.inprocess.loading import load_engine
+from jslm_chat.backends.inprocess.loading import load_inprocess_backend
 from jslm_chat.model.backend import Conversation, GenerationError
 from jslm_chat.model.params import GenerationParams
 from jslm_chat.model.prompt import PromptTooLongError, Turn
@@ -25,7 +25,7 @@ def sampling(max_new_tokens: int = 40, temperature: float = 0.8, seed: int | Non
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir):
-    return load_engine(str(tiny_model_dir), device="cpu", dtype="float32")
+    return load_inprocess_backend(str(tiny_model_dir), device="cpu", dtype="float32")
 
 
 @pytest.fixture

@@ -11,13 +11,13 @@ from jslm_chat.backends.inprocess.loading import (
     choose_placement,
     describe_load_failure,
     estimate_parameters,
-    load_engine,
+    load_inprocess_backend,
 )
 
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir):
-    return load_engine(str(tiny_model_dir), device="cpu", dtype="float32")
+    return load_inprocess_backend(str(tiny_model_dir), device="cpu", dtype="float32")
 
 
 def test_loads_a_local_directory_on_cpu(engine, tiny_model_dir):
@@ -59,7 +59,7 @@ def test_parameter_estimate_matches_a_llama_2_7b_config():
 
 
 def test_tiny_model_on_auto_loads_in_float32(tiny_model_dir):
-    assert load_engine(str(tiny_model_dir), device="cpu").placement.dtype_name == "float32"
+    assert load_inprocess_backend(str(tiny_model_dir), device="cpu").placement.dtype_name == "float32"
 
 
 def test_placement_with_cuda_is_fp16_over_every_gpu(monkeypatch):
@@ -84,7 +84,7 @@ def test_asking_for_cuda_without_a_gpu_is_a_clear_error(monkeypatch):
 
 def test_missing_local_folder_is_a_clear_load_error(tmp_path):
     with pytest.raises(ModelLoadError) as caught:
-        load_engine(str(tmp_path / "nowhere"), device="cpu")
+        load_inprocess_backend(str(tmp_path / "nowhere"), device="cpu")
     message = str(caught.value)
     assert "見つかりません" in message
     assert "does not exist" in message
@@ -94,14 +94,14 @@ def test_missing_local_folder_is_a_clear_load_error(tmp_path):
 
 def test_folder_without_a_model_is_a_clear_load_error(tmp_path):
     with pytest.raises(ModelLoadError) as caught:
-        load_engine(str(tmp_path), device="cpu")
+        load_inprocess_backend(str(tmp_path), device="cpu")
     assert "no loadable model" in str(caught.value)
 
 
 def test_hub_model_without_network_or_cache_is_a_clear_load_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError) as caught:
-        load_engine("stabilityai/japanese-stablelm-instruct-beta-7b", device="cpu")
+        load_inprocess_backend("stabilityai/japanese-stablelm-instruct-beta-7b", device="cpu")
     message = str(caught.value)
     assert "no network connection and no cached copy" in message
     assert "--demo" in message
@@ -115,10 +115,10 @@ def test_memory_failures_are_named_as_such():
 
 def test_cpu_slowness_warning_only_for_big_models(tiny_model_dir, caplog, monkeypatch):
     with caplog.at_level("WARNING", logger="jslm_chat.backends.inprocess.loading"):
-        load_engine(str(tiny_model_dir), device="cpu")
+        load_inprocess_backend(str(tiny_model_dir), device="cpu")
     assert "very slowly" not in caplog.text
     monkeypatch.setattr(loading, "estimate_parameters", lambda config: 6_700_000_000)
     with caplog.at_level("WARNING", logger="jslm_chat.backends.inprocess.loading"):
-        load_engine(str(tiny_model_dir), device="cpu", dtype="float32")
+        load_inprocess_backend(str(tiny_model_dir), device="cpu", dtype="float32")
     assert "very slowly" in caplog.text
     assert "とても遅く" in caplog.text

@@ -19,7 +19,7 @@ from conftest import answer, greedy
 from transformers import DynamicCache
 
 from jslm_chat.backends.inprocess.generation import loaded_model
-from jslm_chat.backends.inprocess.loading import load_engine
+from jslm_chat.backends.inprocess.loading import load_inprocess_backend
 from jslm_chat.backends.inprocess.prefix_cache import MIN_REUSED_TOKENS, PrefixCachePool, common_prefix_length
 from jslm_chat.model.backend import Backend, Conversation, ReplyStream
 from jslm_chat.model.prompt import Turn
@@ -44,12 +44,12 @@ LONG_ANSWER = "日本の文化はとても奥が深く、季節の行事や食�
 @pytest.fixture(scope="module")
 def fresh(demo_model_path):
     """The demo model that never reuses a cache: the reference replies."""
-    return load_engine(str(demo_model_path), device="cpu", dtype="float32", cache_slots=0)
+    return load_inprocess_backend(str(demo_model_path), device="cpu", dtype="float32", cache_slots=0)
 
 
 @pytest.fixture(scope="module")
 def reusing_backend(demo_model_path):
-    return load_engine(str(demo_model_path), device="cpu", dtype="float32", cache_slots=3)
+    return load_inprocess_backend(str(demo_model_path), device="cpu", dtype="float32", cache_slots=3)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import generation_threads
 
-from jslm_chat.backends.inprocess.loading import load_engine
+from jslm_chat.backends.inprocess.loading import load_inprocess_backend
 from jslm_chat.chat.history import MAX_HISTORY_MESSAGES, ChatInputError, content_text, history_to_turns
 from jslm_chat.chat.service import ChatService, Done, InLine, Streaming
 from jslm_chat.model.params import InvalidParameterError
@@ -59,7 +59,7 @@ def test_malformed_or_oversized_history_is_a_clear_bilingual_error(history):
 
 @pytest.fixture(scope="module")
 def service(tiny_model_dir):
-    return ChatService(load_engine(str(tiny_model_dir), device="cpu"), max_new_tokens_limit=2048)
+    return ChatService(load_inprocess_backend(str(tiny_model_dir), device="cpu"), max_new_tokens_limit=2048)
 
 
 def test_limit_never_exceeds_the_context_window(service):

@@ -59,9 +59,9 @@ def backend(vllm_server: VllmServer, demo_model_path: Path) -> VllmBackend:
 @pytest.fixture(scope="module")
 def in_process(demo_model_path: Path) -> object:
     """The in-process (transformers) engine on the same model, as the app loads it."""
-    from jslm_chat.backends.inprocess.loading import load_engine
+    from jslm_chat.backends.inprocess.loading import load_inprocess_backend
 
-    return load_engine(str(demo_model_path), device="cpu", dtype="float32")
+    return load_inprocess_backend(str(demo_model_path), device="cpu", dtype="float32")
 
 
 def test_unreachable_server_is_one_bilingual_message_naming_the_url_and_the_fix(demo_model_path):

@@ -41,7 +41,7 @@ START_HINT = (
     "vLLM の起動例 / To start one: python -m vllm.entrypoints.openai.api_server --model MODEL --port 8000"
     " (vLLM は専用の環境に入れてください / install vLLM in its own environment; see README)"
 )
-FINISH_REASONS = {"stop": "eos", "length": "length"}  # vLLM's → ours
+VLLM_FINISH_REASONS = {"stop": "eos", "length": "length"}  # vLLM's → ours
 CONNECT_TIMEOUT_SECONDS = 10.0
 _END = object()  # the reader thread's last item
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{[^}]*\})?\s+([0-9.eE+-]+)$", re.MULTILINE)  # Prometheus text
@@ -233,9 +233,9 @@ class VllmReply(ReplyStream):
             raise self._error(
                 "vLLM が返信を中止しました（サーバーの停止など） / vLLM aborted the reply (shutting down?)"
             )
-        if reason not in FINISH_REASONS:
+        if reason not in VLLM_FINISH_REASONS:
             raise self._error(f"finish_reason={reason}")
-        self.finish_reason = FINISH_REASONS[reason]
+        self.finish_reason = VLLM_FINISH_REASONS[reason]
 
     def _server_events(self) -> Iterator[dict[str, Any]]:
         """The stream's JSON events from the reader thread; bounds silence; ends at ``[DONE]``."""

@@ -12,13 +12,15 @@ import threading
 from collections import deque
 from types import TracebackType
 
+from jslm_chat.model.errors import UserError
+
 BUSY_MESSAGE = (
     "ただいま混雑しています。しばらくしてからもう一度お試しください。"
     " / The server is busy: please try again in a moment."
 )
 
 
-class BusyError(RuntimeError):
+class BusyError(UserError, RuntimeError):
     """Every slot is taken and the waiting line is full."""
 
     def __init__(self) -> None:

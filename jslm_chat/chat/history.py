@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from jslm_chat.model.errors import UserError
 from jslm_chat.model.prompt import Turn
 
 ROLES = ("user", "assistant", "system")
@@ -20,7 +21,7 @@ MAX_HISTORY_MESSAGES = 1_000
 MAX_HISTORY_CHARS = 400_000
 
 
-class ChatInputError(ValueError):
+class ChatInputError(UserError, ValueError):
     """The message or history cannot be used (empty, malformed, too large, unreadable text)."""
 
 

@@ -18,6 +18,9 @@ from typing import Generic, TypeVar
 
 Event = TypeVar("Event")
 
+FRAME_SECONDS = 0.033
+"""At most one update per chat this often (two frames at 60 Hz)."""
+
 
 class _Ended:
     """The thread's last item: the events ran out, or raised ``error``."""

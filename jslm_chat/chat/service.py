@@ -15,12 +15,12 @@ import threading
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 
-from jslm_chat.chat.admission import Admission, BusyError, Ticket
+from jslm_chat.chat.admission import Admission, Ticket
 from jslm_chat.chat.history import ChatInputError, split_history
-from jslm_chat.chat.relay import FrameRelay
-from jslm_chat.model.backend import UPDATE_INTERVAL_SECONDS, Backend, Conversation, GenerationError, ReplyStream
-from jslm_chat.model.params import SYSTEM_PROMPT, GenerationParams, InvalidParameterError, checked_text
-from jslm_chat.model.prompt import PromptInputError, PromptTooLongError, RenderedPrompt
+from jslm_chat.chat.relay import FRAME_SECONDS, FrameRelay
+from jslm_chat.model.backend import Backend, Conversation, ReplyStream
+from jslm_chat.model.params import SYSTEM_PROMPT, GenerationParams, checked_text
+from jslm_chat.model.prompt import RenderedPrompt
 
 logger = logging.getLogger(__name__)
 
@@ -28,16 +28,6 @@ WAIT_POLL_SECONDS = 0.5
 MAX_MESSAGE_CHARS = 20_000
 
 EMPTY_MESSAGE = "メッセージが空です。何か入力してください。 / The message is empty: type something first."
-
-USER_ERRORS = (
-    ChatInputError,
-    InvalidParameterError,
-    PromptInputError,
-    PromptTooLongError,
-    GenerationError,
-    BusyError,
-)
-"""Errors caused by what the user sent or by load: shown to them, one log line, never a crash."""
 
 
 @dataclass(frozen=True)
@@ -194,7 +184,7 @@ async def stream_events(service: ChatService, job: ReplyJob, session: str | None
     without waiting for it.
     """
     try:
-        async for event in FrameRelay(job.events(), UPDATE_INTERVAL_SECONDS, final=Done):
+        async for event in FrameRelay(job.events(), FRAME_SECONDS, final=Done):
             yield event
     finally:
         job.stop()

@@ -19,13 +19,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
+from jslm_chat.model.errors import UserError
 from jslm_chat.model.params import GenerationParams
 from jslm_chat.model.presets import ModelPreset
 from jslm_chat.model.prompt import PromptBuilder, RenderedPrompt, TokenizerLike, Turn, get_format
 
 FINISH_REASONS = ("eos", "length", "stopped", "error")
-UPDATE_INTERVAL_SECONDS = 0.033
-"""Backends send the reply's text at most this often (two frames at 60 Hz): no character waits longer."""
 
 
 def finish_reason(stopped: bool, new_tokens: int, max_new_tokens: int) -> str:
@@ -35,7 +34,7 @@ def finish_reason(stopped: bool, new_tokens: int, max_new_tokens: int) -> str:
     return "length" if new_tokens >= max_new_tokens else "eos"
 
 
-class GenerationError(RuntimeError):
+class GenerationError(UserError, RuntimeError):
     """Generation failed (out of GPU memory, the engine died or timed out); the message is bilingual."""
 
 

@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from numbers import Real
 from typing import Any
 
+from jslm_chat.model.errors import UserError
+
 MAX_SYSTEM_PROMPT_CHARS = 16_000
 
 
-class InvalidParameterError(ValueError):
+class InvalidParameterError(UserError, ValueError):
     """A setting is of the wrong type or out of range."""
 
 

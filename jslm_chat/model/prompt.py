@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from jslm_chat.model.errors import UserError
 from jslm_chat.model.presets import ALPACA_JA_FORMAT, LLAMA2_FORMAT
 
 B_INST, E_INST = "[INST]", "[/INST]"
@@ -85,7 +86,7 @@ _TOO_LONG = {
 }
 
 
-class PromptTooLongError(ValueError):
+class PromptTooLongError(UserError, ValueError):
     """The newest message alone does not fit the context window, even with every old turn left out.
 
     ``part`` names what is too long: ``system`` (the system prompt alone exceeds the budget),
@@ -115,7 +116,7 @@ _FIELD_NAMES = {
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-class PromptInputError(ValueError):
+class PromptInputError(UserError, ValueError):
     """Text that cannot be encoded: an unpaired surrogate. ``field`` names where it is."""
 
     def __init__(self, field: str) -> None:

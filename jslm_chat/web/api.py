@@ -16,7 +16,8 @@ from typing import Any
 
 import gradio as gr
 
-from jslm_chat.chat.service import USER_ERRORS, ChatRequest, ChatService, Streaming, log_user_error, stream_events
+from jslm_chat.chat.service import ChatRequest, ChatService, Streaming, log_user_error, stream_events
+from jslm_chat.model.errors import UserError
 from jslm_chat.model.params import SHOWN_SETTINGS
 
 HistoryType = list[dict[str, Any]] | None
@@ -59,7 +60,7 @@ def register_api(service: ChatService) -> None:
         message, history, continue_reply = values.pop("message"), values.pop("history"), values.pop("continue_reply")
         try:
             return service.request(message, history, values, continue_reply=bool(continue_reply))
-        except USER_ERRORS as error:
+        except UserError as error:
             raise _user_error(error) from error
 
     async def chat(*args: Any, **kwargs: Any) -> AsyncIterator[str]:
@@ -74,14 +75,14 @@ def register_api(service: ChatService) -> None:
             async for event in stream_events(service, job):
                 if isinstance(event, Streaming):
                     yield event.text
-        except USER_ERRORS as error:
+        except UserError as error:
             raise _user_error(error) from error
 
     def prompt(*args: Any, **kwargs: Any) -> dict[str, Any]:
         """The exact prompt the model would see for these inputs: text, token ids, count, turns left out."""
         try:
             rendered = service.prompt(checked(prompt_signature, args, kwargs))
-        except USER_ERRORS as error:
+        except UserError as error:
             raise _user_error(error) from error
         return {
             "prompt": rendered.text,

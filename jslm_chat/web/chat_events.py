@@ -13,7 +13,8 @@ from typing import Any
 import gradio as gr
 
 from jslm_chat.chat.history import content_text
-from jslm_chat.chat.service import USER_ERRORS, ChatService, Done, InLine, log_user_error, stream_events
+from jslm_chat.chat.service import ChatService, Done, InLine, log_user_error, stream_events
+from jslm_chat.model.errors import UserError
 from jslm_chat.model.params import SHOWN_SETTINGS
 from jslm_chat.web.export import to_json, to_markdown
 from jslm_chat.web.feedback import FeedbackLog
@@ -114,7 +115,7 @@ class ChatHandlers:
                 reason = event.finish_reason if isinstance(event, Done) else None
                 status = status_line(event.reply, service.backend.context_length, reason)
                 yield shown, gr.skip(), status, gr.Button(visible=done and reason == "length")
-        except USER_ERRORS as error:
+        except UserError as error:
             log_user_error(error)
             gr.Warning(str(error), duration=None)
             # Nothing typed is lost: a new message goes back into the textbox.

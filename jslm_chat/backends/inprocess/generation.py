@@ -36,12 +36,14 @@ from jslm_chat.backends.inprocess.static_cache import (
 )
 from jslm_chat.backends.inprocess.streamer import JapaneseTextStreamer
 from jslm_chat.backends.inprocess.threads import LongLivedThreads
-from jslm_chat.model.backend import UPDATE_INTERVAL_SECONDS, finish_reason
+from jslm_chat.model.backend import finish_reason
 from jslm_chat.model.params import GenerationParams
 
 logger = logging.getLogger(__name__)
 
-QUEUE_POLL_SECONDS = 0.1
+TEXT_POLL_SECONDS = 0.1
+TEXT_BATCH_SECONDS = 0.033
+"""Text from the generation thread is batched this long: fewer records, no character later than this."""
 JOIN_TIMEOUT_SECONDS = 120.0
 PREFILL_CHUNK_TOKENS = 512  # a stop during a long prefill takes effect after at most this many tokens
 
@@ -153,7 +155,7 @@ def generate_reply(
 ) -> Iterator[Progress | Finished]:
     """Yield :class:`Progress` records while the reply grows, then one :class:`Finished` record.
 
-    A record with empty text comes at least every ``QUEUE_POLL_SECONDS`` while nothing new arrives
+    A record with empty text comes at least every ``TEXT_POLL_SECONDS`` while nothing new arrives
     (prefill, a character still incomplete), so that a consumer can stop without waiting.
 
     Setting ``stop`` (or closing this generator) ends the generation within one decoding step or
@@ -206,7 +208,7 @@ class _Generation:
     def progress(self) -> Iterator[Progress]:
         """The streamer's text, at most one record per update interval; never blocks forever.
 
-        Text that arrives within ``UPDATE_INTERVAL_SECONDS`` of the last record waits for the
+        Text that arrives within ``TEXT_BATCH_SECONDS`` of the last record waits for the
         rest of that interval and goes out with whatever followed it: a fast model does not pay
         for one UI update per token, and no character is late by more than the interval. The
         end of the reply does not wait.
@@ -215,14 +217,14 @@ class _Generation:
         last_record = 0.0
         while True:
             try:
-                parts = [pending.get(timeout=QUEUE_POLL_SECONDS)]
+                parts = [pending.get(timeout=TEXT_POLL_SECONDS)]
             except queue.Empty:
                 if self.done.is_set() and pending.empty():
                     return
                 # A heartbeat: on ZeroGPU the worker sees a close only when this generator yields.
                 yield Progress("", self.counter.steps)
                 continue
-            wait = last_record + UPDATE_INTERVAL_SECONDS - time.monotonic()
+            wait = last_record + TEXT_BATCH_SECONDS - time.monotonic()
             if wait > 0 and parts[-1] is not end:
                 self.done.wait(wait)  # the rest of the interval, or less if the reply ends (or is stopped)
             while parts[-1] is not end:

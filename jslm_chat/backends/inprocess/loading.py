@@ -84,7 +84,7 @@ def cpu_supports_bfloat16() -> bool:
         return False
 
 
-def load_engine(
+def load_inprocess_backend(
     model: str,
     *,
     device: str = "auto",
