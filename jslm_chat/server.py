@@ -22,6 +22,12 @@ from jslm_chat.web.layout import build_ui, configure_queue, launch_options
 logger = logging.getLogger(__name__)
 
 DEMO_DISPLAY_NAME = "デモモデル (tiny demo, offline)"
+VLLM_QUANTIZE_REFUSAL = (
+    "--quantize {mode} は --backend vllm では使えません（vLLM は自分で量子化します）。"
+    "対処: --quantize を外し、量子化済み (AWQ/GPTQ) のモデルを vllm serve で起動してください（docs/quantization.md）。"
+    " / --quantize {mode} does not apply with --backend vllm (vLLM quantizes its own way):"
+    " drop --quantize and serve a pre-quantized (AWQ/GPTQ) checkpoint with vllm serve (see docs/quantization.md)."
+)
 
 
 class StartupError(RuntimeError):
@@ -41,6 +47,9 @@ def load_for(settings: Settings) -> Backend:
     if settings.backend == "vllm":
         from jslm_chat.backends.vllm import BackendUnavailableError, VllmBackend
 
+        if settings.quantize in ("int8", "nf4"):
+            raise StartupError(VLLM_QUANTIZE_REFUSAL.format(mode=settings.quantize))
+
         preset = resolve_preset(model)
         if settings.demo:
             preset = dataclasses.replace(preset, display_name=DEMO_DISPLAY_NAME)
@@ -50,7 +59,7 @@ def load_for(settings: Settings) -> Backend:
             raise StartupError(str(error)) from error
     from jslm_chat.backends.inprocess.loading import ModelLoadError, load_inprocess_backend
 
-    options: dict[str, Any] = {"device": settings.device, "dtype": settings.dtype}
+    options: dict[str, Any] = {"device": settings.device, "dtype": settings.dtype, "quantize": settings.quantize}
     if settings.demo:
         options = {**options, "device": "cpu" if settings.device == "auto" else settings.device}
         options["display_name"] = DEMO_DISPLAY_NAME

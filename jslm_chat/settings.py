@@ -13,6 +13,7 @@ from jslm_chat.model.presets import DEFAULT_PRESET_KEY, PRESETS
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 DTYPE_CHOICES = ("auto", "float16", "bfloat16", "float32")
 BACKEND_CHOICES = ("transformers", "vllm")
+QUANTIZE_CHOICES = ("auto", "none", "int8", "nf4")
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off", ""}
 
@@ -35,6 +36,7 @@ class Settings:
     max_new_tokens_limit: int = 2048
     cache_conversations: int = 2
     compile: bool = False
+    quantize: str = "auto"
     auth: tuple[tuple[str, str], ...] = ()
     feedback_dir: str | None = None
 
@@ -152,6 +154,12 @@ FLAGS: tuple[Flag, ...] = (
         "compile",
         "in-process: decode with a static cache and torch.compile (for GPUs; compiles at start-up)",
         switch=True,
+    ),
+    Flag(
+        "quantize",
+        "in-process weights: auto (for the GPU's free memory; none on CPU and ZeroGPU), none (float16),"
+        " int8 (LLM.int8) or nf4 (4-bit), through bitsandbytes; see docs/quantization.md",
+        parse=_choice(QUANTIZE_CHOICES),
     ),
     Flag(
         "auth",

@@ -39,6 +39,8 @@ class Placement:
     dtype: torch.dtype
     device_label: str
     then_move_to: str | None = None  # load on the CPU, then move here (ZeroGPU)
+    quantization: str = "none"  # none, int8 or nf4 (bitsandbytes)
+    max_memory: dict[int, int] | None = None  # per GPU, with device_map "auto": room left for the caches
 
     @property
     def dtype_name(self) -> str:
@@ -82,8 +84,9 @@ class InProcessBackend(Backend):
 
     @property
     def runs_on(self) -> str:
+        quantized = f" · {self.placement.quantization}" if self.placement.quantization != "none" else ""
         compiled = " · compiled" if self.compiled else ""
-        return f"{self.placement.device_label} · {self.placement.dtype_name}{compiled}"
+        return f"{self.placement.device_label} · {self.placement.dtype_name}{quantized}{compiled}"
 
     def _start(self, prompt: RenderedPrompt, params: GenerationParams) -> InProcessReply:
         return InProcessReply(self.model_key, prompt, params)

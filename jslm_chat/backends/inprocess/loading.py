@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from jslm_chat.backends.inprocess import zerogpu
 from jslm_chat.backends.inprocess.backend import DEFAULT_CACHE_SLOTS, InProcessBackend, Placement
+from jslm_chat.backends.inprocess.quantization import MemoryPlan, MemoryTooSmallError, choose_quantization
 from jslm_chat.model.presets import resolve_preset
 
 logger = logging.getLogger(__name__)
@@ -28,6 +30,10 @@ LOAD_FIXES = (
 
 class ModelLoadError(RuntimeError):
     """The model or tokenizer could not be loaded; the message names the cause and the fixes."""
+
+
+class QuantizationRefused(ModelLoadError):
+    """The ``--quantize`` asked for cannot work here; the message names the fix."""
 
 
 def choose_placement(device: str = "auto", dtype: str = "auto", parameters: int | None = None) -> Placement:
@@ -92,9 +98,10 @@ def load_inprocess_backend(
     display_name: str | None = None,
     cache_slots: int = DEFAULT_CACHE_SLOTS,
     compiled: bool = False,
+    quantize: str = "auto",
 ) -> InProcessBackend:
     """Load a model by preset key, hub id or local directory (``compiled``: decode with a static
-    cache and ``torch.compile``). Raises :class:`ModelLoadError`."""
+    cache and ``torch.compile``; ``quantize``: auto, none, int8 or nf4). Raises :class:`ModelLoadError`."""
     preset = resolve_preset(model)
     if display_name:
         preset = dataclasses.replace(preset, display_name=display_name)
@@ -104,7 +111,11 @@ def load_inprocess_backend(
     except Exception as error:
         raise ModelLoadError(describe_load_failure(source, error)) from error
     parameters = estimate_parameters(config)
-    placement = choose_placement(device, dtype, parameters)
+    context = min(preset.context_length, getattr(config, "max_position_embeddings", None) or preset.context_length)
+    placement, plan = plan_placement(choose_placement(device, dtype, parameters), config, quantize, context, dtype)
+    compiled = compile_allowed(compiled, quantize, plan.mode)
+    if plan.context < preset.context_length:
+        preset = preset.fitted_to_context(plan.context)
     dtype_name = placement.dtype_name
     if placement.device_label == "cpu" and (parameters is None or parameters >= SMALL_MODEL_PARAMETERS):
         logger.warning(
@@ -116,7 +127,13 @@ def load_inprocess_backend(
     started = time.perf_counter()
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        loaded = AutoModelForCausalLM.from_pretrained(source, dtype=placement.dtype, device_map=placement.device_map)
+        loaded = AutoModelForCausalLM.from_pretrained(
+            source,
+            dtype=placement.dtype,
+            device_map=placement.device_map,
+            max_memory=placement.max_memory,
+            quantization_config=bitsandbytes_config(plan.mode, placement.dtype),
+        )
         if placement.then_move_to:
             # transformers loads in a thread pool, where ZeroGPU's patched torch cannot reach CUDA.
             loaded.to(placement.then_move_to)
@@ -134,6 +151,108 @@ def load_inprocess_backend(
         time.perf_counter() - started,
     )
     return InProcessBackend(loaded, tokenizer, preset, placement, cache_slots=cache_slots, compiled=compiled)
+
+
+def gpu_free_bytes(placement: Placement) -> dict[int, int]:
+    """Free bytes of each GPU the placement may use (all for ``cuda``, one for ``cuda:N``); none off CUDA."""
+    if not placement.device_label.startswith("cuda") or placement.then_move_to:
+        return {}
+    if isinstance(placement.device_map, dict):
+        indices = [torch.device(placement.device_map[""]).index or 0]
+    else:
+        indices = list(range(torch.cuda.device_count()))
+    return {index: torch.cuda.mem_get_info(index)[0] for index in indices}
+
+
+def plan_placement(
+    placement: Placement, config: Any, quantize: str, context: int, dtype: str
+) -> tuple[Placement, MemoryPlan]:
+    """The placement refined by the memory budget: the weight mode, one GPU or a spread, in one log line.
+
+    Raises :class:`QuantizationRefused` or :class:`ModelLoadError` (too little memory).
+    """
+    if quantize in ("int8", "nf4") and placement.then_move_to:
+        raise QuantizationRefused(
+            "ZeroGPU では --quantize を使えません（H200 の一部で 7B を float16 のまま動かします）。"
+            "対処: --quantize と JSLM_QUANTIZE を外してください。"
+            " / --quantize does not apply on ZeroGPU (its H200 slice holds the 7B in float16):"
+            " remove --quantize / JSLM_QUANTIZE."
+        )
+    free = gpu_free_bytes(placement)
+    try:
+        plan = choose_quantization(quantize, free, config, context)
+    except MemoryTooSmallError as error:
+        raise ModelLoadError(str(error)) from error
+    logger.info("weights %s (%s)", plan.mode, plan.reason)
+    if plan.mode != "none":
+        require_bitsandbytes(plan.mode)
+        placement = dataclasses.replace(placement, quantization=plan.mode, dtype=quantized_dtype(plan.mode, dtype))
+    if plan.gpu is not None:
+        label = "cuda" if torch.cuda.device_count() == 1 else f"cuda:{plan.gpu}"
+        placement = dataclasses.replace(placement, device_map={"": f"cuda:{plan.gpu}"}, device_label=label)
+    elif plan.max_memory:
+        placement = dataclasses.replace(placement, device_map="auto", max_memory=dict(plan.max_memory))
+    return placement, plan
+
+
+def quantized_dtype(mode: str, dtype: str) -> torch.dtype:
+    """The dtype of the unquantized weights and of the computation: float16 unless ``--dtype`` says
+    otherwise (LLM.int8 computes in float16 only)."""
+    if dtype == "auto" or dtype == "float16":
+        return torch.float16
+    if mode == "int8":
+        raise QuantizationRefused(
+            f"--quantize int8 は float16 でのみ計算します。--dtype {dtype} を外すか、--quantize nf4 を使ってください。"
+            f" / --quantize int8 (LLM.int8) computes in float16 only: drop --dtype {dtype}, or use --quantize nf4."
+        )
+    return getattr(torch, dtype)
+
+
+def require_bitsandbytes(mode: str) -> None:
+    """Refuse ``mode`` with the fix when bitsandbytes cannot be imported."""
+    try:
+        importlib.import_module("bitsandbytes")
+    except ImportError as error:
+        raise QuantizationRefused(
+            f"{mode} の読み込みには bitsandbytes が必要です ({error})。"
+            "対処: pip install bitsandbytes を実行するか、--quantize none で量子化せずに読み込んでください。"
+            f" / Loading in {mode} needs bitsandbytes ({error}):"
+            " run pip install bitsandbytes, or load unquantized with --quantize none."
+        ) from error
+
+
+def compile_allowed(compiled: bool, quantize: str, mode: str) -> bool:
+    """Whether to compile: not with bitsandbytes weights (refused when asked for, off with a warning for auto)."""
+    if not compiled or mode == "none":
+        return compiled
+    if quantize != "auto":
+        raise QuantizationRefused(
+            f"--compile と --quantize {mode} は同時に使えません。どちらか一方を外してください。"
+            f" / --compile does not work with --quantize {mode} (bitsandbytes layers): drop one of the two."
+        )
+    logger.warning(
+        "--compile は %s の重みでは使いません（通常のデコードで動かします）。 / --compile is off with %s weights.",
+        mode,
+        mode,
+    )
+    return False
+
+
+def bitsandbytes_config(mode: str, compute_dtype: torch.dtype) -> Any:
+    """transformers' ``quantization_config`` for ``mode``: LLM.int8, or nf4 with double quantization;
+    the embeddings and the output layer stay unquantized. None for ``none``."""
+    if mode == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if mode == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_use_double_quant=True,
+    )
 
 
 def describe_load_failure(source: str, error: BaseException) -> str:
