@@ -166,7 +166,8 @@ def resident_bytes(model: Any) -> int:
         extra = [scales] if scales is not None else []
         if state is not None:
             extra += [state.absmax, state.code]
-            if state.state2 is not None:
-                extra += [state.state2.absmax, state.state2.code]
+            nested = getattr(state, "state2", None)
+            if nested is not None:
+                extra += [nested.absmax, nested.code]
         total += sum(part.numel() * part.element_size() for part in extra)
     return total
