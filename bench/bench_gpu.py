@@ -1,6 +1,6 @@
 """The 7B on a GPU without a download: the exact Llama-2 7B configuration with random fp16 weights.
 
-    python bench/bench_gpu.py [--bandwidth 4.8e12] [--compile]
+    python bench/bench_gpu.py [--bandwidth 4.8e12] [--compile] [--quantize none|int8|nf4]
     python bench/bench_gpu.py --small --device cpu     # a tiny config: checks that the script runs
 
 Prints one table: decoding tokens/s at batch 1 against the memory-bandwidth bound (the weights'
@@ -10,7 +10,9 @@ previous turn reused and without; and the app's overhead on top of a bare ``gene
 stop criterion, the streamer, the generation thread and its queue). ``--compile`` also measures
 transformers' static cache with ``torch.compile`` on a bare ``generate()`` and through the app's
 backend (its ``--compile``), and checks that a stop set from another thread still takes effect
-within one step.
+within one step. ``--quantize int8|nf4`` loads the weights through bitsandbytes as the app's
+``--quantize`` does (the random fp16 checkpoint is written to a scratch folder first) and prints
+the weights' memory and, on a GPU, the peak memory of the run.
 
 The tokenizer is the demo model's (trained here in seconds; 3,000 pieces): the weights of the
 token ids it cannot produce are zeroed in the output layer and decoding is greedy, so every
@@ -46,6 +48,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from jslm_chat.backends.inprocess.backend import InProcessBackend, Placement
 from jslm_chat.backends.inprocess.generation import _StopAndCount, generation_config
+from jslm_chat.backends.inprocess.loading import bitsandbytes_config
+from jslm_chat.backends.inprocess.quantization import GIB, resident_bytes
 from jslm_chat.backends.inprocess.static_cache import compile_config
 from jslm_chat.backends.inprocess.streamer import JapaneseTextStreamer
 from jslm_chat.demo_model.corpus import load_corpus
@@ -66,16 +70,43 @@ H200_BANDWIDTH = 4.8e12
 
 def build_backend(args: argparse.Namespace, tokenizer: Any) -> InProcessBackend:
     """The configuration with random weights on ``args.device``, behind the app's in-process backend."""
-    dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
+    quantized = args.quantize != "none"
+    dtype = torch.float16 if args.device.startswith("cuda") or quantized else torch.float32
     config = LlamaConfig(**(SMALL if args.small else LLAMA2_7B), bos_token_id=1, eos_token_id=2, pad_token_id=0)
     torch.manual_seed(0)
-    with torch.device(args.device):
+    with torch.device("cpu" if quantized else args.device):
         model = LlamaForCausalLM._from_config(config, dtype=dtype).eval()
     with torch.no_grad():
         model.lm_head.weight[len(tokenizer) :] = 0  # ids the tokenizer lacks never win a greedy step
+    if quantized:
+        model = quantized_copy(model, args.quantize, args.device)
     preset = resolve_preset("demo").fitted_to_context(config.max_position_embeddings)
-    placement = Placement(None, dtype, args.device)
+    placement = Placement(None, dtype, args.device, quantization=args.quantize)
     return InProcessBackend(model, tokenizer, preset, placement, cache_slots=2)
+
+
+def quantized_copy(model: Any, mode: str, device: str) -> Any:
+    """``model`` saved in float16 and loaded back in ``mode`` through bitsandbytes on ``device``."""
+    with tempfile.TemporaryDirectory() as scratch:
+        model.save_pretrained(scratch)
+        del model
+        return LlamaForCausalLM.from_pretrained(
+            scratch,
+            dtype=torch.float16,
+            device_map={"": device},
+            quantization_config=bitsandbytes_config(mode, torch.float16),
+        ).eval()
+
+
+def report_memory(backend: InProcessBackend, device: str) -> None:
+    """The weights' bytes as loaded (bitsandbytes' scales included) and, on a GPU, the run's peak."""
+    print(
+        f"weights in memory ({backend.placement.quantization}): {resident_bytes(backend.model) / 2**20:.1f} MiB", end=""
+    )
+    if device.startswith("cuda"):
+        print(f"; peak GPU memory allocated during the run: {torch.cuda.max_memory_allocated(device) / GIB:.2f} GiB")
+    else:
+        print()
 
 
 def synchronized(run: Any) -> Any:
@@ -213,13 +244,19 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="repeats of each time-to-first-token figure")
     parser.add_argument("--rounds", type=int, default=7, help="rounds of the decoding paths, taking turns")
     parser.add_argument("--compile", action="store_true", help="also measure static cache + torch.compile")
+    parser.add_argument(
+        "--quantize", choices=("none", "int8", "nf4"), default="none", help="weights through bitsandbytes"
+    )
     args = parser.parse_args()
+    if args.compile and args.quantize != "none":
+        parser.error("--compile does not work with --quantize (the app refuses the pair too)")
     if args.small:
         args.tokens, args.runs, args.rounds = min(args.tokens, 16), 1, 1
     on_gpu = args.device.startswith("cuda")
     if not on_gpu:
         torch.set_num_threads(1)  # steady on a shared machine (see bench_inprocess.py)
-    print(f"{'tiny config' if args.small else 'Llama-2 7B config'}, random weights, on {args.device}", end="")
+    weights = f"random weights ({args.quantize})" if args.quantize != "none" else "random weights"
+    print(f"{'tiny config' if args.small else 'Llama-2 7B config'}, {weights}, on {args.device}", end="")
     print(f" ({torch.cuda.get_device_name(args.device)})" if on_gpu else "")
     source = "the default: H200" if args.bandwidth == H200_BANDWIDTH else "from --bandwidth"
     print(f"memory bandwidth: {args.bandwidth:.3g} B/s ({source})")
@@ -229,6 +266,7 @@ def main() -> None:
     backend = build_backend(args, tokenizer)
     report_decoding(backend, args)
     report_first_tokens(backend, args.runs)
+    report_memory(backend, args.device)
     if args.compile:
         report_compiled_stop(backend, args.tokens)
 

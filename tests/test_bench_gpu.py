@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -28,3 +30,26 @@ def test_the_gpu_benchmark_runs_on_the_cpu_with_a_tiny_config_and_compile():
     assert all(int(prompt) - 40 < int(reused) < int(prompt) for prompt, reused, *_ in rows)
     stop = r"^static cache \+ compile: a stop set from another thread ended generation after \d+ more step"
     assert re.search(stop, out, re.MULTILINE)
+
+
+@pytest.mark.parametrize("mode", ["int8", "nf4"])
+def test_the_gpu_benchmark_runs_each_quantized_mode_with_real_bitsandbytes(mode):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_gpu.py"), "--small", "--device", "cpu", "--quantize", mode],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert f"tiny config, random weights ({mode}), on cpu" in out
+    assert re.search(r"^  backend\.stream\(\) +\d+\.\d", out, re.MULTILINE)
+    assert len(re.findall(r"^ +(\d+) +(\d+) +(\d+\.\d) +(\d+\.\d)$", out, re.MULTILINE)) == 3
+    assert re.search(rf"^weights in memory \({mode}\): \d+\.\d MiB$", out, re.MULTILINE)
+
+
+def test_the_gpu_benchmark_refuses_compile_with_quantize():
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_gpu.py"), "--small", "--compile", "--quantize", "nf4"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 2 and "--compile does not work with --quantize" in done.stderr
