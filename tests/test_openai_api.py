@@ -282,3 +282,12 @@ def test_the_stream_is_sent_as_server_sent_events_ending_with_done(server, model
         events = [line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     assert all(json.loads(event)["object"] == "chat.completion.chunk" for event in events[:-1])
+
+
+def test_the_documented_streaming_example_runs_as_written(server, capsys):
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "openai-api.md").read_text(encoding="utf-8")
+    example = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "http://127.0.0.1:7860/v1" in example
+    exec(example.replace("http://127.0.0.1:7860/v1", server[0] + "v1"), {})
+    printed = capsys.readouterr().out
+    assert printed.strip() and "tokens]" in printed
