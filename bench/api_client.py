@@ -1,10 +1,11 @@
-"""The lightest client of the app's ``/chat``: its plain HTTP API, as ``curl`` would use it.
+"""The lightest clients of the app's ``/chat`` and ``/v1/chat/completions``: plain HTTP, as ``curl`` would.
 
-``POST /gradio_api/call/chat`` with every parameter, then read the event's SSE stream to its
-``complete`` event. The benchmarks run it in a process of its own, as real clients are, so that
+``/chat``: ``POST /gradio_api/call/chat`` with every parameter, then read the event's SSE stream to
+its ``complete`` event. ``/v1`` (``--openai``): one streaming POST, its content deltas joined.
+The benchmarks run it in a process of its own, as real clients are, so that
 their figures are the app's cost and not a client library's (``gradio_client`` polls every 50 ms)::
 
-    python bench/api_client.py http://127.0.0.1:7860/
+    python bench/api_client.py http://127.0.0.1:7860/ [--openai]
 
 reads one JSON list of chats per line on stdin (each a dict of ``/chat`` parameters; the rest
 take their defaults), sends them all at once, and prints ``{"seconds": ..., "texts": [...]}``.
@@ -13,6 +14,7 @@ take their defaults), sends them all at once, and prints ``{"seconds": ..., "tex
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -48,11 +50,34 @@ def chat(url: str, parameters: list[dict[str, Any]], values: dict[str, Any]) -> 
     raise RuntimeError(f"the stream ended without a reply (last event: {event.decode()})")
 
 
-class ClientProcess:
-    """This script as a process of its own, serving the app at ``url``."""
+def openai_chat(url: str, values: dict[str, Any]) -> str:
+    """The whole reply to one streaming ``/v1/chat/completions`` request for the same ``/chat`` ``values``."""
+    messages = [{"role": "system", "content": values["system_prompt"]}] if "system_prompt" in values else []
+    messages += [*values.get("history", []), {"role": "user", "content": values["message"]}]
+    body = {"messages": messages, "stream": True, "max_tokens": values.get("max_new_tokens")}
+    body.update({name: values[name] for name in OPENAI_FIELDS if name in values})
+    request = urllib.request.Request(
+        url + "v1/chat/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    pieces = []
+    with urllib.request.urlopen(request) as stream:
+        for line in stream:
+            if line.startswith(b"data: {"):
+                event = json.loads(line[6:])
+                if "error" in event:
+                    raise RuntimeError(event["error"]["message"])
+                pieces += [choice["delta"].get("content") or "" for choice in event["choices"]]
+    return "".join(pieces)
 
-    def __init__(self, url: str) -> None:
-        command = [sys.executable, __file__, url]
+
+OPENAI_FIELDS = ("temperature", "top_p", "top_k", "repetition_penalty", "seed")
+
+
+class ClientProcess:
+    """This script as a process of its own, serving the app at ``url`` (``openai``: through ``/v1``)."""
+
+    def __init__(self, url: str, *, openai: bool = False) -> None:
+        command = [sys.executable, __file__, url, *(["--openai"] if openai else [])]
         self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def send(self, chats: list[dict[str, Any]]) -> dict[str, Any]:
@@ -69,12 +94,15 @@ class ClientProcess:
 
 def main() -> None:
     url = sys.argv[1]
-    parameters = chat_parameters(url)
+    if "--openai" in sys.argv[2:]:
+        send = functools.partial(openai_chat, url)
+    else:
+        send = functools.partial(chat, url, chat_parameters(url))
     with ThreadPoolExecutor(64) as pool:
         for line in sys.stdin:
             chats = json.loads(line)
             started = time.perf_counter()
-            texts = list(pool.map(lambda values: chat(url, parameters, values), chats))
+            texts = list(pool.map(send, chats))
             print(json.dumps({"seconds": time.perf_counter() - started, "texts": texts}), flush=True)
 
 

@@ -2,7 +2,7 @@
 
     python bench/bench_backends.py              # the demo model (tiny: per-token overheads dominate)
     python bench/bench_backends.py --wide       # a random Llama 512 wide, 8 layers, 4,096 context
-    python bench/bench_backends.py --app        # also: 8 chats through the app vs direct to vLLM
+    python bench/bench_backends.py --app        # also: 8 chats through the app (/chat and /v1) vs direct to vLLM
     python bench/bench_backends.py --app-only   # only that
     python bench/bench_backends.py --model DIR --vllm-url http://127.0.0.1:8000   # a running server
 
@@ -168,12 +168,13 @@ def in_process(model: Path) -> tuple[Backend, Callable[[], bool]]:
     return load_inprocess_backend(str(model), device="cpu", dtype="float32"), idle
 
 
-def app_overhead(backend: VllmBackend, chats: int = 8, rounds: int = RUNS) -> list[tuple[float, float, bool]]:
-    """Per round, wall seconds of ``chats`` concurrent chats sent to vLLM directly, then through ``/chat``.
+def app_overhead(backend: VllmBackend, chats: int = 8, rounds: int = RUNS) -> list[tuple[float, float, float, bool]]:
+    """Per round, wall seconds of ``chats`` concurrent streaming chats sent to vLLM directly, through
+    ``/chat`` and through the OpenAI-compatible ``/v1``.
 
-    The same seeded requests both ways (the API has no ``ignore_eos``: replies end at EOS), so
-    the work is identical; the third value says whether the texts matched. The app's clients run
-    in a process of their own, as real clients (browsers, scripts) do.
+    The same seeded requests every way (the APIs have no ``ignore_eos``: replies end at EOS), so
+    the work is identical; the last value says whether all the texts matched. The app's clients run
+    in processes of their own, as real clients (browsers, scripts) do.
     """
     from api_client import ClientProcess
 
@@ -189,15 +190,17 @@ def app_overhead(backend: VllmBackend, chats: int = 8, rounds: int = RUNS) -> li
     chats_sent = [
         {"message": question(i), "history": [], "seed": i, "system_prompt": SYSTEM, **sampling} for i in range(chats)
     ]
-    clients = ClientProcess(url)
+    gradio, openai = ClientProcess(url), ClientProcess(url, openai=True)
     figures = []
     try:
         for _ in range(rounds):
             direct, direct_texts = concurrent(backend, chats, ignore_eos=False)
-            answer = clients.send(chats_sent)
-            figures.append((direct, answer["seconds"], answer["texts"] == direct_texts))
+            through_chat, through_v1 = gradio.send(chats_sent), openai.send(chats_sent)
+            same = through_chat["texts"] == direct_texts == through_v1["texts"]
+            figures.append((direct, through_chat["seconds"], through_v1["seconds"], same))
     finally:
-        clients.close()
+        gradio.close()
+        openai.close()
         app.close()
     return figures
 
@@ -279,12 +282,15 @@ def main() -> None:
             report(f"{model} ({backend.context_length:,} tokens of context)", results)
         if args.app or args.app_only:
             figures = app_overhead(backend)
-            print(f"\n8 concurrent chats (up to {REPLY_TOKENS} tokens each, ending at EOS), direct to vLLM | the app:")
-            for direct, through_app, same in figures:
-                ratio = direct / through_app
-                print(f"  {direct:.2f} s | {through_app:.2f} s: {ratio:.2f} of direct (same replies: {same})")
-            ratio = statistics.median(direct / through_app for direct, through_app, _ in figures)
-            print(f"  median: {ratio:.2f} of direct throughput (goal >= 0.9)")
+            print(f"\n8 concurrent streaming chats (up to {REPLY_TOKENS} tokens each, ending at EOS):")
+            print("  direct to vLLM | through /chat | through /v1: /chat and /v1 as fractions of direct")
+            for direct, chat, v1, same in figures:
+                print(
+                    f"  {direct:.2f} s | {chat:.2f} s | {v1:.2f} s:"
+                    f" {direct / chat:.2f}, {direct / v1:.2f} (same replies: {same})"
+                )
+            print(f"  median /chat: {statistics.median(d / c for d, c, _, _ in figures):.2f} of direct (goal >= 0.9)")
+            print(f"  median /v1: {statistics.median(c / v for _, c, v, _ in figures):.2f} of /chat (goal >= 0.95)")
     finally:
         if server is not None:
             server.stop()

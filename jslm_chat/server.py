@@ -18,6 +18,7 @@ from jslm_chat.model.presets import resolve_preset
 from jslm_chat.settings import Settings, parse_settings
 from jslm_chat.web.feedback import FeedbackLog
 from jslm_chat.web.layout import build_ui, configure_queue, launch_options
+from jslm_chat.web.openai_api import openai_router
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,11 @@ def create_app(settings: Settings, backend: Backend | None = None) -> tuple[gr.B
     return configure_queue(build_ui(service, demo_mode=settings.demo, feedback=feedback)), service
 
 
+def api_routes(service: ChatService, settings: Settings) -> list[Any]:
+    """The OpenAI-compatible ``/v1`` routes, served beside Gradio's (which ``--auth`` does not cover)."""
+    return openai_router(service, api_keys=settings.api_key, locked=bool(settings.auth)).routes
+
+
 def launch(
     app: gr.Blocks, service: ChatService, settings: Settings, *, block: bool = True
 ) -> tuple[Any, str, str | None]:
@@ -97,6 +103,7 @@ def launch(
         prevent_thread_lock=True,
         show_error=True,
         auth=list(settings.auth) or None,
+        app_kwargs={"routes": api_routes(service, settings)},
         **launch_options(service),
     )
     if share and not share_url:

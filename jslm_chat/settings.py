@@ -38,10 +38,11 @@ class Settings:
     compile: bool = False
     quantize: str = "auto"
     auth: tuple[tuple[str, str], ...] = ()
+    api_key: tuple[str, ...] = ()
     feedback_dir: str | None = None
 
-    def __repr__(self) -> str:  # never show passwords in logs or tracebacks
-        shown = {**vars(self), "auth": [(user, "***") for user, _ in self.auth]}
+    def __repr__(self) -> str:  # never show passwords or keys in logs or tracebacks
+        shown = {**vars(self), "auth": [(user, "***") for user, _ in self.auth], "api_key": ["***"] * len(self.api_key)}
         return f"Settings({', '.join(f'{key}={value!r}' for key, value in shown.items())})"
 
 
@@ -85,6 +86,14 @@ def _credentials(text: str) -> tuple[tuple[str, str], ...]:
             raise argparse.ArgumentTypeError("use USER:PASSWORD (several separated by commas)")
         pairs.append((user, password))
     return tuple(pairs)
+
+
+def _keys(text: str) -> tuple[str, ...]:
+    """API keys separated by commas."""
+    keys = tuple(key.strip() for key in text.split(","))
+    if not all(keys):
+        raise argparse.ArgumentTypeError("use KEY (several separated by commas), with no empty key")
+    return keys
 
 
 def _port(text: str) -> int:
@@ -166,6 +175,13 @@ FLAGS: tuple[Flag, ...] = (
         "ask for a login before the UI and the API (never logged)",
         parse=_credentials,
         metavar="USER:PASSWORD[,USER:PASSWORD…]",
+    ),
+    Flag(
+        "api_key",
+        "require Authorization: Bearer KEY on the OpenAI-compatible API /v1 (never logged; with --auth and no key"
+        " the API is closed)",
+        parse=_keys,
+        metavar="KEY[,KEY…]",
     ),
     Flag(
         "feedback_dir",

@@ -82,7 +82,18 @@ def test_backend_password_and_feedback_from_the_environment():
     assert parse_settings([], {}).concurrency is None  # the backend decides: 1 in-process, 64 with vLLM
 
 
-@pytest.mark.parametrize("env", [{"JSLM_AUTH": "no-colon"}, {"JSLM_BACKEND": "tgi"}, {"JSLM_QUEUE_SIZE": "-1"}])
+def test_api_keys_from_the_flag_or_the_environment_are_never_shown():
+    assert parse_settings([], {"JSLM_API_KEY": "sk-one, sk-two"}).api_key == ("sk-one", "sk-two")
+    settings = parse_settings(["--api-key", "sk-three"], {"JSLM_API_KEY": "sk-one"})
+    assert settings.api_key == ("sk-three",)
+    assert "sk-" not in repr(settings)
+    assert parse_settings([], {}).api_key == ()
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"JSLM_AUTH": "no-colon"}, {"JSLM_BACKEND": "tgi"}, {"JSLM_QUEUE_SIZE": "-1"}, {"JSLM_API_KEY": "a,,b"}],
+)
 def test_bad_environment_values_stop_with_a_message(env):
     with pytest.raises(SystemExit, match=next(iter(env))):
         parse_settings([], env)

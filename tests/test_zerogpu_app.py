@@ -108,6 +108,17 @@ app, app_service = create_app(settings, backend=backend)
 launch(app, app_service, settings, block=False)
 client = Client(f"http://127.0.0.1:{settings.port}/", verbose=False)
 report["api_chunks"] = len(list(client.submit("京都について教えて", [], api_name="/chat", max_new_tokens=30, seed=2)))
+import httpx
+body = {"messages": [{"role": "user", "content": "京都について教えて"}], "max_tokens": 30, "seed": 2, "stream": True}
+with httpx.stream("POST", f"http://127.0.0.1:{settings.port}/v1/chat/completions", json=body, timeout=120) as sse:
+    events = [json.loads(line[6:]) for line in sse.iter_lines() if line.startswith("data: {")]
+report["openai"] = {
+    "status": sse.status_code,
+    "text": "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e.get("choices")),
+    "finish": [e["choices"][0]["finish_reason"] for e in events if e.get("choices")][-1],
+    "errors": [e["error"] for e in events if "error" in e],
+}
+report["api_text"] = list(client.submit("京都について教えて", [], api_name="/chat", max_new_tokens=30, seed=2))[-1]
 app.close()
 print("SIM-REPORT " + json.dumps(report, ensure_ascii=False), flush=True)
 """
@@ -164,3 +175,10 @@ def test_an_error_in_the_worker_reaches_the_user_in_both_languages_and_the_next_
 
 def test_the_api_streams_through_the_worker(report):
     assert report["api_chunks"] > 1
+
+
+def test_the_openai_api_outside_gradios_queue_is_served_by_the_worker_like_chat(report):
+    openai_reply = report["openai"]
+    assert openai_reply["status"] == 200 and not openai_reply["errors"]
+    assert openai_reply["finish"] in ("stop", "length")
+    assert openai_reply["text"] == report["api_text"]  # same seed, same reply as /chat

@@ -76,16 +76,24 @@ class ReplyJob:
         self._stopped = threading.Event()
         self._lock = threading.Lock()
 
+    def join(self) -> Ticket:
+        """The job's place in line, taken now unless it has one: raises :class:`BusyError` when the
+        line is full. :meth:`events` joins by itself; an HTTP API joins first, to answer "busy"
+        before its response starts."""
+        with self._lock:
+            if self._ticket is None:
+                self._ticket = self._admission.join()
+            ticket = self._ticket
+        if self._stopped.is_set():
+            ticket.leave()
+        return ticket
+
     def events(self) -> Iterator[ChatEvent]:
         """Wait in line (an :class:`InLine` about twice a second), stream, then one :class:`Done`.
 
         Raises :class:`BusyError` at once when the line is full.
         """
-        with self._admission.join() as ticket:
-            with self._lock:
-                self._ticket = ticket
-            if self._stopped.is_set():
-                ticket.leave()
+        with self.join() as ticket:
             while not ticket.wait(WAIT_POLL_SECONDS):
                 yield InLine(ticket.ahead)
             if ticket.admitted and not self._stopped.is_set():

@@ -11,6 +11,7 @@ the chat layer depend on it alone. Adding a backend means one module with a subc
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import threading
 import time
@@ -23,8 +24,9 @@ from jslm_chat.model.errors import UserError
 from jslm_chat.model.params import GenerationParams
 from jslm_chat.model.presets import ModelPreset
 from jslm_chat.model.prompt import PromptBuilder, RenderedPrompt, TokenizerLike, Turn, get_format
+from jslm_chat.model.stop_strings import find_stop, search_start, shown_length
 
-FINISH_REASONS = ("eos", "length", "stopped", "error")
+FINISH_REASONS = ("eos", "length", "stop_string", "stopped", "error")
 
 
 def finish_reason(stopped: bool, new_tokens: int, max_new_tokens: int) -> str:
@@ -55,7 +57,8 @@ class Conversation:
 class ReplyStream(ABC):
     """One reply being generated. Iterate once for the growing text; ``stop()`` / ``close()`` end it.
 
-    After iteration: ``text``, ``finish_reason`` (one of :data:`FINISH_REASONS`), ``new_tokens``,
+    After iteration: ``text`` (cut before a stop string of ``params.stop``: ``finish_reason``
+    ``stop_string``), ``finish_reason`` (one of :data:`FINISH_REASONS`), ``new_tokens``,
     ``seed`` (the one used, also when drawn at random), ``tokens_per_second``,
     ``seconds_to_first_token`` and ``reused_tokens`` (prompt tokens a cache already held).
     Subclasses implement :meth:`_generate` (yield text pieces, call :meth:`_count_tokens` as tokens
@@ -101,9 +104,7 @@ class ReplyStream(ABC):
         self._started_at = time.perf_counter()
         try:
             if not self.stopped:
-                for piece in self._generate():
-                    self.text += piece
-                    yield self.text
+                yield from self._texts()
             if self.finish_reason is None:
                 self.finish_reason = finish_reason(self.stopped, self.new_tokens, self.params.max_new_tokens)
         except GenerationError:
@@ -113,6 +114,28 @@ class ReplyStream(ABC):
             if self.finish_reason is None:  # the consumer left early
                 self.finish_reason = "stopped"
             self.close()
+
+    def _texts(self) -> Iterator[str]:
+        """The growing text; with stop strings, cut before the first one and never showing part of one."""
+        stops = self.params.stop
+        pieces = self._generate()
+        shown = 0
+        with contextlib.closing(pieces):
+            for piece in pieces:
+                before, self.text = len(self.text), self.text + piece
+                if not stops:
+                    yield self.text
+                    continue
+                end = find_stop(self.text, stops, search_start(before, stops))
+                if end >= 0:
+                    self.text, self.finish_reason = self.text[:end], "stop_string"
+                    self.stop()
+                visible = self.text if end >= 0 else self.text[: shown_length(self.text, stops)]
+                if len(visible) > shown:
+                    shown = len(visible)
+                    yield visible
+                if end >= 0:
+                    return
 
     def stop(self) -> None:
         """Ask the reply to stop: thread-safe, never blocks, effective within one decoding step."""

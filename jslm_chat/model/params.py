@@ -19,6 +19,8 @@ from typing import Any
 from jslm_chat.model.errors import UserError
 
 MAX_SYSTEM_PROMPT_CHARS = 16_000
+MAX_STOP_STRINGS = 4
+MAX_STOP_CHARS = 256
 
 
 class InvalidParameterError(UserError, ValueError):
@@ -50,6 +52,8 @@ class Setting:
             return checked_text(self.name, value, self.max_chars)
         if self.kind is bool:
             return bool(value)
+        if self.kind is tuple:
+            return _texts(self.name, value, int(self.high or 0), self.max_chars)
         bounds = (self.low, high if self.high is None else self.high)
         if self.kind is int:
             return _integer(self.name, value, bounds)
@@ -66,7 +70,7 @@ def setting(kind: type, label: str, **spec: Any) -> Any:
 class GenerationParams:
     """How to sample one reply. ``temperature == 0`` means greedy; ``top_k == 0`` disables top-k;
     ``seed is None`` means a fresh random seed; ``ignore_eos`` (API-internal, vLLM's name) keeps
-    generating to ``max_new_tokens``."""
+    generating to ``max_new_tokens``; ``stop`` (API-only) ends the reply before the first of these strings."""
 
     max_new_tokens: int = setting(int, "jslm_max_new_tokens", low=1, step=1)
     temperature: float = setting(float, "jslm_temperature", info="jslm_temperature_info", low=0.0, high=2.0, step=0.05)
@@ -79,6 +83,7 @@ class GenerationParams:
         int, "jslm_seed", info="jslm_seed_info", low=0, high=2**32 - 1, optional=True, default=None
     )
     ignore_eos: bool = setting(bool, "", shown=False, default=False)
+    stop: tuple[str, ...] = setting(tuple, "", shown=False, default=(), high=MAX_STOP_STRINGS, max_chars=MAX_STOP_CHARS)
 
     @property
     def greedy(self) -> bool:
@@ -133,6 +138,20 @@ def checked_text(
             f" / {name} is too long: {len(text):,} characters, at most {max_chars:,}."
         )
     return text
+
+
+def _texts(name: str, value: object, most: int, max_chars: int | None) -> tuple[str, ...]:
+    """A string or a list of at most ``most`` non-empty strings, as a tuple (``None``: none)."""
+    items = () if value is None else (value,) if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or len(items) > most:
+        raise InvalidParameterError(
+            f"{name} は文字列か {most} 個までの文字列のリストで指定してください（{value!r}）。"
+            f" / {name} must be a string or a list of at most {most} strings, got {value!r}."
+        )
+    texts = tuple(checked_text(name, item, max_chars) for item in items)
+    if not all(texts):
+        raise InvalidParameterError(f"{name} に空の文字列は使えません。 / {name} cannot contain an empty string.")
+    return texts
 
 
 def _integer(name: str, value: object, bounds: tuple[float | None, float | None]) -> int:
