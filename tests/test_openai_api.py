@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from pathlib import Path
 
 import httpx
@@ -164,6 +165,30 @@ def test_a_full_line_is_a_429_before_any_reply_and_a_waiting_stream_is_kept_aliv
         assert "混雑" in refused.value.message and "busy" in refused.value.message
     assert idle(server[1])
     assert server[1].admission.waiting == 0
+
+
+@pytest.mark.usefixtures("endless_replies", "paced_generation")
+def test_a_whole_reply_request_that_gives_up_in_line_frees_its_place(server, model):
+    body = {"model": model, "messages": MESSAGES, "max_tokens": 1900}
+    url = server[0] + "v1/chat/completions"
+    with httpx.stream("POST", url, json={**body, "stream": True}, timeout=60) as running:
+        assert running.status_code == 200
+        outcome: list[BaseException] = []
+
+        def give_up() -> None:  # waits in line behind the stream, then gives up
+            try:
+                httpx.post(url, json=body, timeout=3.0)
+            except httpx.ReadTimeout as error:
+                outcome.append(error)
+
+        waiting = threading.Thread(target=give_up)
+        waiting.start()
+        assert wait_until(lambda: server[1].admission.waiting == 1, timeout=3)
+        waiting.join()
+        assert outcome  # it timed out
+        assert wait_until(lambda: server[1].admission.waiting == 0, timeout=5)
+        assert server[1].admission.running == 1
+    assert idle(server[1])
 
 
 REFUSALS = [
