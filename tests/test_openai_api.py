@@ -127,6 +127,18 @@ def test_stop_strings_end_the_reply_before_the_first_one(sdk, model, gradio):
     assert "".join(contents) == expected
 
 
+def test_text_parts_and_a_developer_message_read_as_a_string_and_a_system_message(sdk, model):
+    parts = [{"type": "text", "text": QUESTION[:3]}, {"type": "text", "text": QUESTION[3:]}]
+    as_parts = [{"role": "developer", "content": [{"type": "text", "text": SYSTEM}]}, *HISTORY]
+    as_parts.append({"role": "user", "content": parts})
+    replies = [
+        sdk.chat.completions.create(model=model, messages=messages, max_tokens=16, temperature=0)
+        for messages in (MESSAGES, as_parts)
+    ]
+    assert replies[0].choices[0].message.content == replies[1].choices[0].message.content
+    assert replies[0].usage == replies[1].usage
+
+
 @pytest.mark.usefixtures("endless_replies", "paced_generation")
 def test_closing_the_stream_stops_the_reply(sdk, model, server):
     stream = sdk.chat.completions.create(model=model, messages=MESSAGES, max_tokens=1900, stream=True)
