@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 import time
 from collections.abc import Iterator
@@ -127,3 +128,17 @@ def test_every_stream_has_a_thread_of_its_own():
         return await asyncio.gather(*(collect(FrameRelay(events(), FRAME, final=Final)) for _ in range(streams)))
 
     assert asyncio.run(run()) == [[1]] * streams
+
+
+def test_the_events_run_in_the_consumers_context():
+    """ZeroGPU's spaces.GPU finds the visitor's request in a context variable: it must reach the events' thread."""
+    visitor: contextvars.ContextVar[str] = contextvars.ContextVar("visitor", default="nobody")
+
+    def events() -> Iterator[str]:
+        yield visitor.get()
+
+    async def run() -> list[str]:
+        visitor.set("hanako")
+        return await collect(FrameRelay(events(), FRAME, final=Final))
+
+    assert asyncio.run(run()) == ["hanako"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -45,7 +46,9 @@ class FrameRelay(Generic[Event]):
         self._loop = asyncio.get_running_loop()
         self._arrived = asyncio.Event()
         self._ended = asyncio.Event()  # the last event is in: send it without waiting for the frame
-        threading.Thread(target=self._produce, name="jslm-reply-events", daemon=True).start()
+        # The caller's context goes along: ZeroGPU's spaces.GPU reads the visitor's request from it.
+        context = contextvars.copy_context()
+        threading.Thread(target=context.run, args=(self._produce,), name="jslm-reply-events", daemon=True).start()
 
     def _produce(self) -> None:
         try:
