@@ -144,10 +144,11 @@ def load_inprocess_backend(
     if isinstance(configured_length, int) and 0 < configured_length < preset.context_length:
         preset = preset.fitted_to_context(configured_length)
     logger.info(
-        "loaded %s on %s (%s) in %.1f s",
+        "loaded %s on %s (%s%s) in %.1f s",
         source,
         placement.device_label,
         dtype_name,
+        "" if plan.mode == "none" else f", {plan.mode}",
         time.perf_counter() - started,
     )
     return InProcessBackend(loaded, tokenizer, preset, placement, cache_slots=cache_slots, compiled=compiled)

@@ -106,7 +106,8 @@ def choose_quantization(requested: str, free: Mapping[int, int], config: Any, co
         raise ValueError(f"unknown --quantize {requested!r}; choose one of {', '.join(QUANTIZE_CHOICES)}")
     modes = LOADED_MODES if requested == "auto" else (requested,)
     if not free:
-        return MemoryPlan(modes[0], context, reason=f"{requested} → {modes[0]}: no CUDA GPU, no GPU memory to budget")
+        why = "auto → none: no CUDA GPU" if requested == "auto" else f"{requested} as asked; no CUDA GPU to budget"
+        return MemoryPlan(modes[0], context, reason=why)
     needs = {mode: needed_bytes(config, mode, context) for mode in modes}
     summary = _summary(free, needs, context)
     best = max(free, key=lambda index: free[index])
