@@ -200,3 +200,10 @@ def test_a_card_too_small_ends_the_app_with_status_1_and_one_message(one_gpu, tm
     assert serve(["--model", str(tmp_path)]) == 1
     error = capsys.readouterr().err
     assert "GPU のメモリが足りません" in error and "Not enough GPU memory: 3.0 GiB free" in error
+
+
+def test_compile_is_turned_off_with_a_warning_when_auto_picks_a_quantized_mode(caplog):
+    with caplog.at_level(logging.WARNING, logger=loading.__name__):
+        assert loading.compile_allowed(True, "auto", "nf4") is False
+    assert [record.getMessage() for record in caplog.records][-1].endswith("--compile is off with nf4 weights.")
+    assert loading.compile_allowed(True, "auto", "none") is True
