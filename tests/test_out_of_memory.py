@@ -14,6 +14,7 @@ from conftest import answer, greedy
 
 from jslm_chat.backends.inprocess.generation import loaded_model
 from jslm_chat.backends.inprocess.loading import load_inprocess_backend
+from jslm_chat.backends.inprocess.memory import cache_pool_budget
 from jslm_chat.model.backend import Conversation, GenerationError
 from jslm_chat.model.prompt import Turn
 
@@ -84,3 +85,16 @@ def test_a_second_out_of_memory_tells_the_user_what_to_do(reusing):
     assert reply.finish_reason == "error"
     assert len(loaded_model(reusing.model_key).caches) == 0
     assert answer(reusing, conversation, greedy(8)).new_tokens == 8  # and the next request works
+
+
+def test_the_pool_budget_leaves_a_full_context_cache_per_running_reply_and_a_margin_free():
+    gib, per_token = 2**30, 2**19  # the 7B in float16
+    on_24_gb = cache_pool_budget(10 * gib, 24 * 10**9, per_token, 4096)
+    assert on_24_gb == 10 * gib - 2 * gib - 24 * 10**9 // 20
+    assert cache_pool_budget(10 * gib, 24 * 10**9, per_token, 4096, running_replies=2) == on_24_gb - 2 * gib
+    assert cache_pool_budget(2 * gib, 16 * 10**9, per_token, 4096) == 0  # a 16 GB card: nothing kept
+
+
+def test_on_the_cpu_the_pool_is_bounded_by_its_count_alone(reusing):
+    assert loaded_model(reusing.model_key).caches.budget_bytes is None
+    assert loaded_model(reusing.model_key).caches.slots == 3
