@@ -318,11 +318,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tiny", action="store_true", help="a tiny configuration on the CPU, one quick round")
     parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda, or cpu with --tiny)")
     parser.add_argument("--skip-compile", action="store_true", help="leave out --compile (slow to compile on a CPU)")
-    parser.add_argument("--minutes", type=float, default=7.0, help="quantized modes start only before this")
+    parser.add_argument("--minutes", type=float, default=5.5, help="quantized modes start only before this")
     args = parser.parse_args(argv)
     started = time.monotonic()
     device = args.device or ("cpu" if args.tiny else "cuda")
-    tokens, rounds, runs = (8, 1, 1) if args.tiny else (DECODE_TOKENS, 5, 3)
+    tokens, rounds, runs = (8, 1, 1) if args.tiny else (DECODE_TOKENS, 3, 3)
     results: dict[str, Any] = {"environment": environment(device, args.tiny)}
     tokenizer = byte_level_tokenizer()
     model = random_model(args.tiny, device, tokenizer)

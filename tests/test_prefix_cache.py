@@ -293,7 +293,8 @@ class FakeCache:
 
     def __init__(self, length: int) -> None:
         self.length = length
-        self.layers = [SimpleNamespace(keys=torch.zeros(length, 8), values=torch.zeros(length, 8))]
+        keys, values = torch.zeros(length, 8), torch.zeros(length, 8)
+        self.layers = [SimpleNamespace(keys=keys, values=values, crop=lambda tokens_to_remove: None)]
 
     @property
     def nbytes(self) -> int:
@@ -380,3 +381,28 @@ def test_pool_ignores_short_prefixes_and_keeps_nothing_without_slots():
     empty = PrefixCachePool(0)
     empty.put(FakeCache(40), ids(0))
     assert len(empty) == 0
+
+
+def test_pool_never_crops_a_cache_whose_layers_cannot_crop():
+    """A ``StaticLayer`` of transformers 5.17 (the GPU image's) has no ``crop``: such a cache is only
+    continued whole, never cut back (nor copied from)."""
+    pool = PrefixCachePool(2, new_cache=lambda: FakeCache(0))
+    uncroppable = FakeCache(40)
+    uncroppable.layers = [SimpleNamespace(keys=torch.zeros(40, 8), values=torch.zeros(40, 8))]
+    pool.put(uncroppable, ids(0))
+    assert pool.take([*ids(0, 30), 999, 998]) == (None, 0)
+    assert pool.take(ids(0, 41)) == (uncroppable, 40)
+
+
+def test_the_cache_goes_to_the_model_under_the_name_its_transformers_takes():
+    from jslm_chat.backends.inprocess.generation import cache_keyword
+
+    class Transformers517Forward:
+        def forward(self, input_ids: object = None, past_key_values: object = None, **kwargs: object) -> None: ...
+
+    assert cache_keyword(Transformers517Forward()) == "past_key_values"
+    assert cache_keyword(DynamicCacheModel()) == "cache"
+
+
+class DynamicCacheModel:
+    def forward(self, input_ids: object = None, cache: object = None, **kwargs: object) -> None: ...

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import inspect
 import logging
 import queue
 import threading
@@ -34,7 +35,7 @@ from jslm_chat.backends.inprocess.static_cache import (
     STATIC_STEP_TOKENS,
     compile_config,
     static_cache_for,
-    static_capacity,
+    static_sizes,
 )
 from jslm_chat.backends.inprocess.streamer import JapaneseTextStreamer
 from jslm_chat.backends.inprocess.threads import LongLivedThreads
@@ -47,6 +48,7 @@ TEXT_POLL_SECONDS = 0.1
 TEXT_BATCH_SECONDS = 0.033
 """Text from the generation thread is batched this long: fewer records, no character later than this."""
 JOIN_TIMEOUT_SECONDS = 120.0
+WARM_UP_DECODE_STEPS = 3  # CUDA graph trees run a size eagerly, then record it, then replay it
 PREFILL_CHUNK_TOKENS = 512  # a stop during a long prefill takes effect after at most this many tokens
 
 
@@ -59,6 +61,7 @@ class LoadedModel:
     tokenizer: Any
     caches: PrefixCachePool
     compiled: bool = False
+    cache_keyword: str = "cache"
     _compiled_threads: LongLivedThreads = field(default_factory=lambda: LongLivedThreads("jslm-compiled"), repr=False)
 
     def run_in_background(self, work: Callable[[], None]) -> Callable[[], object]:
@@ -85,35 +88,43 @@ class LoadedModel:
             config.compile_config = compile_config()
         return config
 
-    def warm_up_compiled(self) -> None:
-        """Compile decoding now, in the thread replies use, rather than during the first replies
-        (where a Stop would wait for it): the first cache size, then the next, after which dynamo
-        makes the size dynamic and one graph serves every size. On failure decoding stays eager."""
+    def warm_up_compiled(self, threads: int = 1) -> None:
+        """Compile decoding and record its graphs now, for every cache size and in each of the
+        ``threads`` serving threads (CUDA graphs are kept per thread), rather than during replies
+        (where a Stop would wait for it). On failure decoding stays eager."""
         context = getattr(self.model.config, "max_position_embeddings", STATIC_STEP_TOKENS)
-        sizes = sorted({static_capacity(STATIC_STEP_TOKENS, context), static_capacity(2 * STATIC_STEP_TOKENS, context)})
         failed: list[BaseException] = []
+        turns = [threading.Event() for _ in range(threads + 1)]
+        all_warm = threading.Barrier(threads)
 
-        def compile_sizes() -> None:
+        def warm_up(turn: int) -> None:  # one thread after another, each held until all are warm
+            turns[turn].wait()
             try:
-                for size in sizes:
+                for size in static_sizes(context):
                     started = time.perf_counter()
-                    self._decode_two_tokens(size)
+                    self._decode(size, WARM_UP_DECODE_STEPS)
                     logger.info("compiled decoding, %d-token cache: %.1f s", size, time.perf_counter() - started)
             except Exception as error:
                 failed.append(error)
                 logger.exception("torch.compile failed; decoding stays eager")
+            finally:
+                turns[turn + 1].set()
+                all_warm.wait()
 
-        self._compiled_threads.submit(compile_sizes)()
+        waits = [self._compiled_threads.submit(lambda turn=turn: warm_up(turn)) for turn in range(threads)]
+        turns[0].set()
+        for wait in waits:
+            wait()
         self.compiled = not failed
 
-    def _decode_two_tokens(self, cache_size: int) -> None:
+    def _decode(self, cache_size: int, steps: int) -> None:
         input_ids = torch.tensor([[self.tokenizer.bos_token_id or 0]], device=self.model.device)
-        params = GenerationParams(2, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0, ignore_eos=True)
+        params = GenerationParams(steps, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0, ignore_eos=True)
         with torch.inference_mode():
             self.model.generate(
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids),
-                cache=static_cache_for(self.model.config, None, cache_size),
+                **{self.cache_keyword: static_cache_for(self.model.config, None, cache_size)},
                 generation_config=self.generation_config(params),
             )
 
@@ -129,8 +140,14 @@ def register_model(
     most ``cache_slots`` caches in at most ``budget_bytes`` (None: no byte limit)."""
     key = f"model-{next(_keys)}"
     pool = PrefixCachePool(cache_slots, budget_bytes=budget_bytes, new_cache=lambda: new_cache(model.config))
-    _MODELS[key] = LoadedModel(model, tokenizer, pool, compiled)
+    _MODELS[key] = LoadedModel(model, tokenizer, pool, compiled, cache_keyword(model))
     return key
+
+
+def cache_keyword(model: Any) -> str:
+    """The argument that hands ``model`` a cache: ``cache`` in recent transformers 5,
+    ``past_key_values`` before (5.17, as on some GPU images), where ``cache`` would be ignored."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def loaded_model(key: str) -> LoadedModel:
@@ -180,7 +197,8 @@ class _StopAndCount(StoppingCriteria):
     """Stops generation once ``event`` is set; counts decoding steps and keeps the newest sequence.
 
     On Apple GPUs (MPS) transformers checks a stop one step late and undoes that step: ``steps``
-    runs one ahead there until :meth:`settle` sets it from what ``generate()`` returned."""
+    runs one ahead there until :meth:`settle` sets it from what ``generate()`` returned (progress
+    records count the tokens the streamer received instead, which are never ahead)."""
 
     def __init__(self, event: threading.Event) -> None:
         self.event = event
@@ -237,7 +255,7 @@ class _Generation:
                 if self.done.is_set() and pending.empty():
                     return
                 # A heartbeat: on ZeroGPU the worker sees a close only when this generator yields.
-                yield Progress("", self.counter.steps)
+                yield Progress("", self.streamer.generated_token_count)
                 continue
             wait = last_record + TEXT_BATCH_SECONDS - time.monotonic()
             if wait > 0 and parts[-1] is not end:
@@ -251,7 +269,7 @@ class _Generation:
             text = "".join(parts[:-1] if ended else parts)
             if text:
                 last_record = time.monotonic()
-                yield Progress(text, self.counter.steps)
+                yield Progress(text, self.streamer.generated_token_count)
             if ended:
                 return
 
@@ -321,7 +339,7 @@ class _Generation:
         output = model.generate(
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
-            cache=cache,
+            **{self.loaded.cache_keyword: cache},
             generation_config=self.loaded.generation_config(params),
             streamer=self.streamer,
             stopping_criteria=[self.counter],
@@ -339,7 +357,7 @@ class _Generation:
             if self.stop.is_set():
                 return False
             stop_at = start + PREFILL_CHUNK_TOKENS
-            model(input_ids=input_ids[:, start:stop_at], cache=cache, logits_to_keep=1)
+            model(input_ids=input_ids[:, start:stop_at], **{self.loaded.cache_keyword: cache}, logits_to_keep=1)
             start = stop_at
         return not self.stop.is_set()
 

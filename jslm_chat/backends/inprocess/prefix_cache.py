@@ -70,12 +70,16 @@ def cache_nbytes(cache: Any) -> int:
 
 
 def croppable_to(cache: Any, tokens: int) -> bool:
-    """Whether ``cache`` can be cut back to its first ``tokens`` (sliding layers past their window cannot)."""
+    """Whether ``cache`` can be cut back to its first ``tokens``: not a sliding layer past its
+    window, nor a layer without ``crop`` (a ``StaticLayer`` before transformers 5.2x)."""
     held = cached_tokens(cache)
     if tokens == held:
         return True
     return not any(
-        getattr(layer, "is_sliding", False) and layer.get_seq_length() >= getattr(layer, "sliding_window", held + 1)
+        not hasattr(layer, "crop")
+        or (
+            getattr(layer, "is_sliding", False) and layer.get_seq_length() >= getattr(layer, "sliding_window", held + 1)
+        )
         for layer in getattr(cache, "layers", ())
     )
 
