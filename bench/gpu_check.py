@@ -233,8 +233,6 @@ def quantized(model: Any, tokenizer: Any, deadline: float) -> dict:
         import bitsandbytes  # noqa: F401
     except ImportError:
         return {"skipped": "bitsandbytes is not installed"}
-    if model.device.type != "cuda":
-        return {"skipped": "bitsandbytes modes are measured on a GPU only"}
     from transformers import BitsAndBytesConfig
 
     modes = {
@@ -250,9 +248,7 @@ def quantized(model: Any, tokenizer: Any, deadline: float) -> dict:
             if time.monotonic() > deadline:
                 results[name] = {"skipped": "out of time"}
                 continue
-            loaded = LlamaForCausalLM.from_pretrained(
-                folder, quantization_config=config, device_map={"": model.device.index or 0}
-            )
+            loaded = LlamaForCausalLM.from_pretrained(folder, quantization_config=config, device_map={"": model.device})
             backend = backend_for(loaded, tokenizer)
             conversation = Conversation(SYSTEM, [], "日本の四季について教えてください。")
             run = synchronized(backend_stream(backend, conversation), loaded.device)
