@@ -133,13 +133,11 @@ _MODELS: dict[str, LoadedModel] = {}
 _keys = count()
 
 
-def register_model(
-    model: Any, tokenizer: Any, cache_slots: int, *, compiled: bool = False, budget_bytes: int | None = None
-) -> str:
+def register_model(model: Any, tokenizer: Any, cache_slots: int, *, compiled: bool = False) -> str:
     """Make a loaded model available to :func:`generate_reply`; returns its key. Its pool keeps at
-    most ``cache_slots`` caches in at most ``budget_bytes`` (None: no byte limit)."""
+    most ``cache_slots`` caches (its byte budget is set once the memory left is known)."""
     key = f"model-{next(_keys)}"
-    pool = PrefixCachePool(cache_slots, budget_bytes=budget_bytes, new_cache=lambda: new_cache(model.config))
+    pool = PrefixCachePool(cache_slots, new_cache=lambda: new_cache(model.config))
     _MODELS[key] = LoadedModel(model, tokenizer, pool, compiled, cache_keyword(model))
     return key
 
