@@ -109,19 +109,24 @@ def report_memory(backend: InProcessBackend, device: str) -> None:
         print()
 
 
-def synchronized(run: Any) -> Any:
-    """``run`` followed by waiting for the GPU, so that timings include the device's work."""
+def synchronized(run: Any, device: torch.device) -> Any:
+    """``run`` followed by waiting for ``device``, so that timings include the device's work."""
 
     def wrapped(tokens: int) -> None:
         run(tokens)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     return wrapped
 
 
 def weight_bytes(model: Any) -> int:
-    return sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())
+    """Bytes of weights read for every decoded token: all of them but the embedding table, of
+    which a step reads one row (an untied output layer is read whole, and counted)."""
+    every = sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())
+    embeddings = model.get_input_embeddings().weight
+    tied = embeddings is model.get_output_embeddings().weight
+    return every - (0 if tied else embeddings.numel() * embeddings.element_size())
 
 
 def two_turns(backend: Backend, prompt_tokens: int) -> tuple[Conversation, Conversation]:
@@ -177,13 +182,14 @@ def report_decoding(backend: InProcessBackend, args: argparse.Namespace) -> None
         runs["static cache + compile"] = compiled_generate(backend, prompt_ids)
         compiled = InProcessBackend(backend.model, backend.tokenizer, backend.preset, backend.placement, compiled=True)
         runs["backend.stream(), compiled"] = backend_stream(compiled, conversation)
-    runs = {name: synchronized(run) for name, run in runs.items()}
+    runs = {name: synchronized(run, backend.model.device) for name, run in runs.items()}
     for run in runs.values():
         run(args.tokens)  # warm-up; the static cache then has its largest size: no recompilation later
     rates = decode_rates(runs, args.tokens, args.rounds)
     bound = args.bandwidth / weight_bytes(backend.model)
     print(f"decoding at batch 1, {args.tokens} tokens (tokens/s, median of {args.rounds} rounds):")
-    print(f"  {'memory-bandwidth bound':<28}{bound:>9.1f}  ({weight_bytes(backend.model) / 1e9:.2f} GB of weights)")
+    read = weight_bytes(backend.model) / 1e9
+    print(f"  {'memory-bandwidth bound':<28}{bound:>9.1f}  ({read:.2f} GB of weights read per token)")
     for name, rate in rates.items():
         print(f"  {name:<28}{rate:>9.1f}  {rate / rates['bare generate()']:>5.2f}× bare  {rate / bound:>5.2f}× bound")
 

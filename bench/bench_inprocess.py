@@ -172,7 +172,7 @@ def decode_rates(runs: dict[str, Callable[[int], Any]], tokens: int, rounds: int
 def bare_generate(backend: InProcessBackend, prompt_ids: list[int], *, criteria: bool, streamer: bool) -> Callable:
     """``model.generate()`` on ``prompt_ids`` with the app's settings, optionally its criterion and streamer."""
     model, tokenizer = backend.model, backend.tokenizer
-    input_ids = torch.tensor([prompt_ids])
+    input_ids = torch.tensor([prompt_ids], device=model.device)  # as the app does: no copies per step
 
     def run(tokens: int) -> None:
         extra: dict[str, Any] = {}

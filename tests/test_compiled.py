@@ -15,7 +15,12 @@ from transformers import StaticCache
 
 from jslm_chat.backends.inprocess.generation import loaded_model
 from jslm_chat.backends.inprocess.loading import load_inprocess_backend
-from jslm_chat.backends.inprocess.static_cache import STATIC_STEP_TOKENS, static_cache_for, static_capacity
+from jslm_chat.backends.inprocess.static_cache import (
+    STATIC_STEP_TOKENS,
+    static_cache_for,
+    static_capacity,
+    static_sizes,
+)
 from jslm_chat.model.backend import Conversation
 from jslm_chat.model.prompt import Turn
 from jslm_chat.settings import parse_settings
@@ -141,3 +146,33 @@ def test_compiled_replies_run_in_one_long_lived_thread(compiled):
     assert [thread.name for thread in threading.enumerate() if thread.name.startswith("jslm-compiled")] == [
         "jslm-compiled-1"
     ]
+
+
+def test_every_serving_thread_is_warmed_for_every_cache_size_with_three_steps(compiled, monkeypatch):
+    """CUDA graphs are recorded per thread and per size: with ``concurrency`` 2 both serving threads
+    decode three steps at every size at load (on a CPU the compiled code is shared: this is fast)."""
+    from jslm_chat.backends.inprocess.backend import InProcessBackend
+    from jslm_chat.backends.inprocess.generation import LoadedModel
+
+    warmed: list[tuple[str, int, int]] = []
+    decode = LoadedModel._decode
+
+    def recorded(self, cache_size, steps):
+        warmed.append((threading.current_thread().name, cache_size, steps))
+        decode(self, cache_size, steps)
+
+    monkeypatch.setattr(LoadedModel, "_decode", recorded)
+    backend = InProcessBackend(
+        compiled.model, compiled.tokenizer, compiled.preset, compiled.placement, compiled=True, concurrency=2
+    )
+    assert backend.compiled
+    sizes = static_sizes(compiled.model.config.max_position_embeddings)
+    assert len(sizes) >= 2 and sizes[-1] == compiled.model.config.max_position_embeddings
+    threads = sorted({name for name, _, _ in warmed})
+    assert len(threads) == 2
+    assert sorted(warmed) == sorted((name, size, 3) for name in threads for size in sizes)
+
+
+def test_static_sizes_are_the_sizes_replies_get():
+    for context in (300, 512, 1000, 4096):
+        assert static_sizes(context) == sorted({static_capacity(tokens, context) for tokens in range(1, context + 1)})

@@ -12,6 +12,7 @@ import gc
 import itertools
 import threading
 import weakref
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,11 +21,18 @@ from transformers import DynamicCache
 
 from jslm_chat.backends.inprocess.generation import loaded_model
 from jslm_chat.backends.inprocess.loading import load_inprocess_backend
-from jslm_chat.backends.inprocess.prefix_cache import MIN_REUSED_TOKENS, PrefixCachePool, common_prefix_length
+from jslm_chat.backends.inprocess.prefix_cache import (
+    MIN_REUSED_TOKENS,
+    VALUE_HALF_LIFE_SECONDS,
+    PrefixCachePool,
+    cache_nbytes,
+    common_prefix_length,
+)
 from jslm_chat.model.backend import Backend, Conversation, ReplyStream
 from jslm_chat.model.prompt import Turn
 
 SYSTEM = "あなたは役立つアシスタントです。"
+SHARED_SYSTEM = f"{SYSTEM}丁寧な日本語で、短く答えてください。"  # the start every chat of a deployment shares
 QUESTIONS = [
     "日本の四季について教えてください。",
     "東京について教えて。",
@@ -53,6 +61,12 @@ def reusing_backend(demo_model_path):
 
 
 @pytest.fixture
+def one_slot(demo_model_path):
+    """The demo model keeping one conversation's cache."""
+    return load_inprocess_backend(str(demo_model_path), device="cpu", dtype="float32", cache_slots=1)
+
+
+@pytest.fixture
 def reusing(reusing_backend):
     """The demo model reusing up to 3 caches, starting each test with an empty pool."""
     reusing_backend.close()
@@ -74,12 +88,14 @@ def same_reply(reusing: Backend, fresh: Backend, conversation: Conversation, **p
     return reply
 
 
-def chat(reusing: Backend, fresh: Backend, questions: list[str]) -> tuple[list[Turn], list[ReplyStream]]:
+def chat(
+    reusing: Backend, fresh: Backend, questions: list[str], system: str = SYSTEM
+) -> tuple[list[Turn], list[ReplyStream]]:
     """A growing chat, each reply checked against the reference; the turns and the replies."""
     turns: list[Turn] = []
     replies = []
     for question in questions:
-        reply = same_reply(reusing, fresh, Conversation(SYSTEM, list(turns), question))
+        reply = same_reply(reusing, fresh, Conversation(system, list(turns), question))
         turns.append(Turn(question, reply.text))
         replies.append(reply)
     return turns, replies
@@ -179,22 +195,42 @@ def test_a_stopped_reply_leaves_a_cache_that_still_gives_the_same_reply(reusing,
     assert retry.reused_tokens == retry.prompt.num_tokens - 1
 
 
-def test_the_pool_keeps_at_most_its_slots_and_evicts_the_oldest_conversation(reusing, fresh):
+def test_the_pool_keeps_at_most_its_slots_and_drops_the_least_valuable_conversation(reusing, fresh):
     conversations = [Conversation(f"{SYSTEM}（{index}番目の会話）", [], QUESTIONS[index]) for index in range(4)]
     first_replies = [answer(reusing, conversation) for conversation in conversations]
     assert len(pool_of(reusing)) == 3
-    follow_ups = [
-        Conversation(conversation.system, [Turn(conversation.message, reply.text)], "続けてください。")
-        for conversation, reply in zip(conversations, first_replies, strict=True)
-    ]
-    newest = same_reply(reusing, fresh, follow_ups[3])
-    assert newest.reused_tokens >= first_replies[3].prompt.num_tokens
-    oldest = same_reply(reusing, fresh, follow_ups[0])
-    shared_system = common_prefix_length(conversations[0].system.encode(), conversations[1].system.encode())
-    assert shared_system > 0
-    # Only the shared start of the system prompts can still be found for the evicted conversation.
-    assert oldest.reused_tokens < first_replies[0].prompt.num_tokens - 2
-    assert len(pool_of(reusing)) == 3
+    held = [len(reply.prompt.token_ids) + reply.new_tokens - 1 for reply in first_replies]
+    dropped = min(range(4), key=lambda index: held[index])
+    assert sorted(held).count(held[dropped]) == 1  # the test needs one clear loser
+    for index, reply in enumerate(first_replies):
+        follow_up = [*reply.prompt.token_ids, 5, 6]
+        _, reused = pool_of(reusing).take(follow_up)
+        if index == dropped:  # only the start its system prompt shares with the others is left
+            assert reused < reply.prompt.num_tokens - 2
+        else:
+            assert reused == reply.prompt.num_tokens
+    assert len(pool_of(reusing)) == 0
+
+
+def test_a_new_visitor_between_turns_leaves_the_long_conversation_its_cache(reusing, fresh):
+    """Every chat starts with the same system prompt: a stranger's new chat copies that shared
+    start and leaves the long conversation's cache whole (it used to crop it to the prefix)."""
+    turns, replies = chat(reusing, fresh, QUESTIONS[:4], SHARED_SYSTEM)
+    stranger = same_reply(reusing, fresh, Conversation(SHARED_SYSTEM, [], QUESTIONS[5]))
+    shared = common_prefix_length(stranger.prompt.token_ids, replies[-1].prompt.token_ids)
+    assert stranger.reused_tokens == shared >= MIN_REUSED_TOKENS
+    assert len(pool_of(reusing)) == 2
+    turn_five = same_reply(reusing, fresh, Conversation(SHARED_SYSTEM, turns, QUESTIONS[4]))
+    assert turn_five.reused_tokens >= replies[-1].prompt.num_tokens
+
+
+def test_with_one_slot_a_strangers_short_chat_does_not_push_out_a_long_conversation(one_slot, fresh):
+    turns, replies = chat(one_slot, fresh, QUESTIONS[:3], SHARED_SYSTEM)
+    same_reply(one_slot, fresh, Conversation(SHARED_SYSTEM, [], QUESTIONS[5]))
+    same_reply(one_slot, fresh, Conversation("別の人の会話です。", [], QUESTIONS[6]))
+    assert len(pool_of(one_slot)) == 1
+    turn_four = same_reply(one_slot, fresh, Conversation(SHARED_SYSTEM, turns, QUESTIONS[3]))
+    assert turn_four.reused_tokens >= replies[-1].prompt.num_tokens
 
 
 def test_clear_drops_every_cache_and_frees_it(reusing, fresh):
@@ -205,7 +241,7 @@ def test_clear_drops_every_cache_and_frees_it(reusing, fresh):
     released = weakref.ref(cache)
     pool.put(cache, reply.prompt.token_ids[:held])
     del cache
-    assert len(pool) == 1
+    assert len(pool) >= 1
     reusing.close()
     gc.collect()
     assert len(pool) == 0
@@ -252,10 +288,17 @@ def test_two_threads_generating_from_the_same_prefix_at_once_both_get_the_right_
 
 
 class FakeCache:
-    """Just what the pool uses of a ``DynamicCache`` (transformers 5): its length and cropping."""
+    """Just what the pool uses of a ``DynamicCache`` (transformers 5): its length, cropping and one
+    layer of keys and values (64 bytes a token)."""
 
     def __init__(self, length: int) -> None:
         self.length = length
+        keys, values = torch.zeros(length, 8), torch.zeros(length, 8)
+        self.layers = [SimpleNamespace(keys=keys, values=values, crop=lambda tokens_to_remove: None)]
+
+    @property
+    def nbytes(self) -> int:
+        return cache_nbytes(self)
 
     def get_seq_length(self) -> int:
         return self.length
@@ -293,13 +336,37 @@ def test_pool_evicts_the_least_recently_used_beyond_its_slots():
     assert pool.take(ids(200, 50))[1] == 40
 
 
-def test_pool_hands_a_cache_out_once_and_picks_the_longest_match():
+def test_pool_hands_a_cache_out_once_and_a_continued_conversation_replaces_its_earlier_entry():
     pool = PrefixCachePool(3)
     pool.put(FakeCache(20), ids(0, 20))
-    pool.put(FakeCache(40), ids(0, 40))
+    pool.put(FakeCache(40), ids(0, 40))  # the same conversation, one turn on
+    assert len(pool) == 1
     assert pool.take(ids(0, 60))[1] == 40
-    assert pool.take(ids(0, 60))[1] == 20
     assert pool.take(ids(0, 60)) == (None, 0)
+
+
+def test_pool_keeps_the_long_conversation_and_lets_an_abandoned_one_give_way():
+    now = [0.0]
+    pool = PrefixCachePool(1, clock=lambda: now[0])
+    pool.put(FakeCache(400), ids(0, 400))
+    now[0] += 60
+    pool.put(FakeCache(40), ids(1000))  # a stranger's short chat a minute later: not kept
+    assert pool.take(ids(0, 401))[1] == 400
+    pool.put(FakeCache(400), ids(0, 400))
+    now[0] += 5 * VALUE_HALF_LIFE_SECONDS  # abandoned: 400 tokens are now worth 12.5
+    pool.put(FakeCache(40), ids(1000))
+    assert pool.take(ids(0, 401)) == (None, 0)
+    assert pool.take(ids(1000, 41))[1] == 40
+
+
+def test_pool_holds_at_most_its_byte_budget():
+    pool = PrefixCachePool(10, budget_bytes=3 * FakeCache(40).nbytes)
+    for start in range(0, 5000, 1000):
+        pool.put(FakeCache(40), ids(start))
+    assert len(pool) == 3
+    assert pool.nbytes == 3 * FakeCache(40).nbytes
+    pool.put(FakeCache(100), ids(9000, 100))  # worth more than any of the three, fits only alone
+    assert len(pool) == 1
 
 
 def test_pool_ignores_short_prefixes_and_keeps_nothing_without_slots():
@@ -314,3 +381,28 @@ def test_pool_ignores_short_prefixes_and_keeps_nothing_without_slots():
     empty = PrefixCachePool(0)
     empty.put(FakeCache(40), ids(0))
     assert len(empty) == 0
+
+
+def test_pool_never_crops_a_cache_whose_layers_cannot_crop():
+    """A ``StaticLayer`` of transformers 5.17 (the GPU image's) has no ``crop``: such a cache is only
+    continued whole, never cut back (nor copied from)."""
+    pool = PrefixCachePool(2, new_cache=lambda: FakeCache(0))
+    uncroppable = FakeCache(40)
+    uncroppable.layers = [SimpleNamespace(keys=torch.zeros(40, 8), values=torch.zeros(40, 8))]
+    pool.put(uncroppable, ids(0))
+    assert pool.take([*ids(0, 30), 999, 998]) == (None, 0)
+    assert pool.take(ids(0, 41)) == (uncroppable, 40)
+
+
+def test_the_cache_goes_to_the_model_under_the_name_its_transformers_takes():
+    from jslm_chat.backends.inprocess.generation import cache_keyword
+
+    class Transformers517Forward:
+        def forward(self, input_ids: object = None, past_key_values: object = None, **kwargs: object) -> None: ...
+
+    assert cache_keyword(Transformers517Forward()) == "past_key_values"
+    assert cache_keyword(DynamicCacheModel()) == "cache"
+
+
+class DynamicCacheModel:
+    def forward(self, input_ids: object = None, cache: object = None, **kwargs: object) -> None: ...

@@ -21,6 +21,7 @@ import torch
 
 from jslm_chat.backends.inprocess import zerogpu
 from jslm_chat.backends.inprocess.generation import Finished, generate_reply, loaded_model, register_model
+from jslm_chat.backends.inprocess.memory import cache_bytes_per_token, cache_pool_budget
 from jslm_chat.model.backend import Backend, GenerationError, ReplyStream
 from jslm_chat.model.params import GenerationParams
 from jslm_chat.model.presets import ModelPreset
@@ -60,7 +61,10 @@ class InProcessBackend(Backend):
         *,
         cache_slots: int = DEFAULT_CACHE_SLOTS,
         compiled: bool = False,
+        concurrency: int = 1,
     ) -> None:
+        """``concurrency``: replies that may run at once (each gets a warmed thread with
+        ``compiled``, and room for a full-context cache beside the pool on a GPU)."""
         super().__init__(preset, tokenizer)
         self.placement = placement
         on_zerogpu = zerogpu.enabled()  # a fresh worker per reply: nothing kept, nothing compiled
@@ -70,7 +74,8 @@ class InProcessBackend(Backend):
             model, tokenizer, 0 if on_zerogpu else cache_slots, compiled=compiled and not on_zerogpu
         )
         if self.compiled:
-            loaded_model(self.model_key).warm_up_compiled()
+            loaded_model(self.model_key).warm_up_compiled(concurrency)
+        loaded_model(self.model_key).caches.budget_bytes = pool_budget(model, preset.context_length, concurrency)
 
     @property
     def model(self) -> Any:
@@ -93,6 +98,24 @@ class InProcessBackend(Backend):
 
     def close(self) -> None:
         loaded_model(self.model_key).caches.clear()
+
+
+def pool_budget(model: Any, context_tokens: int, running_replies: int = 1) -> int | None:
+    """Bytes the kept caches may take on a CUDA device, measured now (after loading and compiling);
+    None elsewhere, where the pool is bounded by its count of conversations alone."""
+    if model.device.type != "cuda":
+        return None
+    free, total = torch.cuda.mem_get_info(model.device)
+    per_token = cache_bytes_per_token(model.config, model.dtype.itemsize)
+    budget = cache_pool_budget(free, total, per_token, context_tokens, running_replies)
+    logger.info(
+        "kept conversation caches: up to %.1f GiB (%d tokens) of %.1f GiB free on %s",
+        budget / 2**30,
+        budget // per_token,
+        free / 2**30,
+        model.device,
+    )
+    return budget
 
 
 class InProcessReply(ReplyStream):

@@ -13,11 +13,14 @@ this generator hands the streamer's text out, everything queued so far in one pi
 
 from __future__ import annotations
 
+import dataclasses
 import gc
+import inspect
 import logging
 import queue
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import count
@@ -32,7 +35,7 @@ from jslm_chat.backends.inprocess.static_cache import (
     STATIC_STEP_TOKENS,
     compile_config,
     static_cache_for,
-    static_capacity,
+    static_sizes,
 )
 from jslm_chat.backends.inprocess.streamer import JapaneseTextStreamer
 from jslm_chat.backends.inprocess.threads import LongLivedThreads
@@ -45,6 +48,7 @@ TEXT_POLL_SECONDS = 0.1
 TEXT_BATCH_SECONDS = 0.033
 """Text from the generation thread is batched this long: fewer records, no character later than this."""
 JOIN_TIMEOUT_SECONDS = 120.0
+WARM_UP_DECODE_STEPS = 3  # CUDA graph trees run a size eagerly, then record it, then replay it
 PREFILL_CHUNK_TOKENS = 512  # a stop during a long prefill takes effect after at most this many tokens
 
 
@@ -57,6 +61,7 @@ class LoadedModel:
     tokenizer: Any
     caches: PrefixCachePool
     compiled: bool = False
+    cache_keyword: str = "cache"
     _compiled_threads: LongLivedThreads = field(default_factory=lambda: LongLivedThreads("jslm-compiled"), repr=False)
 
     def run_in_background(self, work: Callable[[], None]) -> Callable[[], object]:
@@ -83,35 +88,43 @@ class LoadedModel:
             config.compile_config = compile_config()
         return config
 
-    def warm_up_compiled(self) -> None:
-        """Compile decoding now, in the thread replies use, rather than during the first replies
-        (where a Stop would wait for it): the first cache size, then the next, after which dynamo
-        makes the size dynamic and one graph serves every size. On failure decoding stays eager."""
+    def warm_up_compiled(self, threads: int = 1) -> None:
+        """Compile decoding and record its graphs now, for every cache size and in each of the
+        ``threads`` serving threads (CUDA graphs are kept per thread), rather than during replies
+        (where a Stop would wait for it). On failure decoding stays eager."""
         context = getattr(self.model.config, "max_position_embeddings", STATIC_STEP_TOKENS)
-        sizes = sorted({static_capacity(STATIC_STEP_TOKENS, context), static_capacity(2 * STATIC_STEP_TOKENS, context)})
         failed: list[BaseException] = []
+        turns = [threading.Event() for _ in range(threads + 1)]
+        all_warm = threading.Barrier(threads)
 
-        def compile_sizes() -> None:
+        def warm_up(turn: int) -> None:  # one thread after another, each held until all are warm
+            turns[turn].wait()
             try:
-                for size in sizes:
+                for size in static_sizes(context):
                     started = time.perf_counter()
-                    self._decode_two_tokens(size)
+                    self._decode(size, WARM_UP_DECODE_STEPS)
                     logger.info("compiled decoding, %d-token cache: %.1f s", size, time.perf_counter() - started)
             except Exception as error:
                 failed.append(error)
                 logger.exception("torch.compile failed; decoding stays eager")
+            finally:
+                turns[turn + 1].set()
+                all_warm.wait()
 
-        self._compiled_threads.submit(compile_sizes)()
+        waits = [self._compiled_threads.submit(lambda turn=turn: warm_up(turn)) for turn in range(threads)]
+        turns[0].set()
+        for wait in waits:
+            wait()
         self.compiled = not failed
 
-    def _decode_two_tokens(self, cache_size: int) -> None:
+    def _decode(self, cache_size: int, steps: int) -> None:
         input_ids = torch.tensor([[self.tokenizer.bos_token_id or 0]], device=self.model.device)
-        params = GenerationParams(2, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0, ignore_eos=True)
+        params = GenerationParams(steps, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0, ignore_eos=True)
         with torch.inference_mode():
             self.model.generate(
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids),
-                cache=static_cache_for(self.model.config, None, cache_size),
+                **{self.cache_keyword: static_cache_for(self.model.config, None, cache_size)},
                 generation_config=self.generation_config(params),
             )
 
@@ -121,10 +134,18 @@ _keys = count()
 
 
 def register_model(model: Any, tokenizer: Any, cache_slots: int, *, compiled: bool = False) -> str:
-    """Make a loaded model available to :func:`generate_reply`; returns its key."""
+    """Make a loaded model available to :func:`generate_reply`; returns its key. Its pool keeps at
+    most ``cache_slots`` caches (its byte budget is set once the memory left is known)."""
     key = f"model-{next(_keys)}"
-    _MODELS[key] = LoadedModel(model, tokenizer, PrefixCachePool(cache_slots), compiled)
+    pool = PrefixCachePool(cache_slots, new_cache=lambda: new_cache(model.config))
+    _MODELS[key] = LoadedModel(model, tokenizer, pool, compiled, cache_keyword(model))
     return key
+
+
+def cache_keyword(model: Any) -> str:
+    """The argument that hands ``model`` a cache: ``cache`` in recent transformers 5,
+    ``past_key_values`` before (5.17, as on some GPU images), where ``cache`` would be ignored."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def loaded_model(key: str) -> LoadedModel:
@@ -171,15 +192,25 @@ def generate_reply(
 
 
 class _StopAndCount(StoppingCriteria):
-    """Stops generation once ``event`` is set; counts decoding steps."""
+    """Stops generation once ``event`` is set; counts decoding steps and keeps the newest sequence.
+
+    On Apple GPUs (MPS) transformers checks a stop one step late and undoes that step: ``steps``
+    runs one ahead there until :meth:`settle` sets it from what ``generate()`` returned (progress
+    records count the tokens the streamer received instead, which are never ahead)."""
 
     def __init__(self, event: threading.Event) -> None:
         self.event = event
         self.steps = 0
         self.stopped = False
+        self.sequence: torch.Tensor | None = None
+
+    def settle(self, new_tokens: int) -> None:
+        """The count of tokens the finished ``generate()`` really produced."""
+        self.steps = new_tokens
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
         self.steps += 1
+        self.sequence = input_ids
         self.stopped = self.event.is_set()
         return torch.full((input_ids.shape[0],), self.stopped, dtype=torch.bool, device=input_ids.device)
 
@@ -222,7 +253,7 @@ class _Generation:
                 if self.done.is_set() and pending.empty():
                     return
                 # A heartbeat: on ZeroGPU the worker sees a close only when this generator yields.
-                yield Progress("", self.counter.steps)
+                yield Progress("", self.streamer.generated_token_count)
                 continue
             wait = last_record + TEXT_BATCH_SECONDS - time.monotonic()
             if wait > 0 and parts[-1] is not end:
@@ -236,7 +267,7 @@ class _Generation:
             text = "".join(parts[:-1] if ended else parts)
             if text:
                 last_record = time.monotonic()
-                yield Progress(text, self.counter.steps)
+                yield Progress(text, self.streamer.generated_token_count)
             if ended:
                 return
 
@@ -257,33 +288,61 @@ class _Generation:
         try:
             torch.manual_seed(self.seed)
             with torch.inference_mode():
-                self._generate()
+                self._generate_retrying_out_of_memory()
         except BaseException as error:  # reported to the consumer as a Finished record
             self.error = error
-            logger.exception("generation failed")
+            if is_out_of_memory(error):
+                logger.error("out of memory again after freeing every kept cache: %s", error)
+                release_failed_reply(error)
+            else:
+                logger.exception("generation failed")
             self.loaded.caches.clear()
             free_accelerator_memory()
         finally:
             self.streamer.end()
             self.done.set()
 
-    def _generate(self) -> None:
+    def _generate_retrying_out_of_memory(self) -> None:
+        """Generate; on out-of-memory free the failed attempt and every kept cache, then go on once
+        from the tokens already streamed (a second out-of-memory is reported to the user)."""
+        try:
+            self._generate(self.token_ids, self.params)
+            return
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
+            logger.warning("out of memory; freeing the kept caches and retrying once: %s", error)
+            release_failed_reply(error)
+        self.loaded.caches.clear()
+        free_accelerator_memory()
+        streamed = self._streamed_tokens()
+        remaining = self.params.max_new_tokens - len(streamed)
+        if remaining > 0 and not self.stop.is_set():
+            self.streamer.resume()
+            self._generate(self.token_ids + streamed, dataclasses.replace(self.params, max_new_tokens=remaining))
+
+    def _streamed_tokens(self) -> list[int]:
+        sequence, self.counter.sequence = self.counter.sequence, None
+        return [] if sequence is None else sequence[0, len(self.token_ids) :].tolist()
+
+    def _generate(self, token_ids: list[int], params: GenerationParams) -> None:
         model, caches = self.loaded.model, self.loaded.caches
-        kept, self.reused_tokens = caches.take(self.token_ids)
-        cache = self.loaded.cache_for(kept, len(self.token_ids) + self.params.max_new_tokens)
-        input_ids = torch.tensor([self.token_ids], dtype=torch.long, device=model.device)
+        kept, self.reused_tokens = caches.take(token_ids)
+        cache = self.loaded.cache_for(kept, len(token_ids) + params.max_new_tokens)
+        input_ids = torch.tensor([token_ids], dtype=torch.long, device=model.device)
         if not self._prefill(cache, input_ids):
             self.counter.stopped = True
-            caches.put(cache, self.token_ids)  # what was prefilled still helps a retry
+            caches.put(cache, token_ids)  # what was prefilled still helps a retry
             return
         output = model.generate(
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
-            cache=cache,
-            generation_config=self.loaded.generation_config(self.params),
+            **{self.loaded.cache_keyword: cache},
+            generation_config=self.loaded.generation_config(params),
             streamer=self.streamer,
             stopping_criteria=[self.counter],
         )
+        self.counter.settle(output.shape[-1] - len(self.token_ids))
         caches.put(cache, output[0].tolist())
 
     def _prefill(self, cache: Any, input_ids: torch.Tensor) -> bool:
@@ -296,8 +355,7 @@ class _Generation:
             if self.stop.is_set():
                 return False
             stop_at = start + PREFILL_CHUNK_TOKENS
-            positions = torch.arange(start, stop_at, device=input_ids.device)
-            model(input_ids=input_ids[:, start:stop_at], cache=cache, cache_position=positions, logits_to_keep=1)
+            model(input_ids=input_ids[:, start:stop_at], **{self.loaded.cache_keyword: cache}, logits_to_keep=1)
             start = stop_at
         return not self.stop.is_set()
 
@@ -323,12 +381,27 @@ def generation_config(tokenizer: Any, model: Any, params: GenerationParams) -> G
     )
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an accelerator running out of memory (CUDA, or MPS's RuntimeError)."""
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def release_failed_reply(error: BaseException) -> None:
+    """Let go of what a failed attempt still holds: the traceback's frames keep its tensors alive."""
+    traceback.clear_frames(error.__traceback__)
+    error.__traceback__ = None
+
+
 def describe_generation_error(error: BaseException) -> str:
-    """A bilingual message for a failed generation (out of memory gets its own advice)."""
-    if isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower():
+    """A bilingual message for a failed generation (out of memory says what to do)."""
+    if is_out_of_memory(error):
         return (
-            "GPU のメモリが足りなくなりました。最大生成トークン数を減らすか、会話をクリアしてもう一度お試しください。"
-            " / Out of GPU memory: lower max_new_tokens or clear the conversation, then try again."
+            "GPU のメモリが足りません（保存していた会話のキャッシュを解放して再試行しても足りませんでした）。"
+            "新しい会話を始めるか、古いメッセージを削除して会話を短くしてから、もう一度お試しください。"
+            "ほかの返信が同時に生成中のこともあるので、少し待ってからの再送も有効です。"
+            " / Out of GPU memory, even after freeing the kept conversation caches and retrying."
+            " Start a new conversation or delete old messages to shorten this one, then try again;"
+            " other replies may be running at the same time, so trying again in a moment can also help."
         )
     return (
         f"生成中にエラーが発生しました: {type(error).__name__}: {error}"

@@ -15,3 +15,19 @@ def cache_bytes_per_token(config: Any, dtype_bytes: int) -> int:
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
     return 2 * text.num_hidden_layers * kv_heads * head_dim * dtype_bytes
+
+
+WORKING_MARGIN_BYTES = 1 << 30  # activations of a prefill chunk, allocator slack, CUDA graphs
+
+
+def cache_pool_budget(
+    free_bytes: int, total_bytes: int, bytes_per_token: int, context_tokens: int, running_replies: int = 1
+) -> int:
+    """Bytes the pool of kept conversation caches may hold on a GPU with ``free_bytes`` free after
+    loading: what is left once every running reply has room for a full-context cache and a working
+    margin (1 GiB, or 5% of the card if more) is kept free.
+
+    The 7B in float16 on a 24 GB card (about 10 GiB free): 10 - 2 - 1.2 = 6.8 GiB, some 13,900 tokens.
+    """
+    margin = max(WORKING_MARGIN_BYTES, total_bytes // 20)
+    return max(0, free_bytes - running_replies * bytes_per_token * context_tokens - margin)

@@ -4,7 +4,13 @@ With a static cache, ``generate()`` runs each decoding step through ``torch.comp
 with CUDA graphs: one launch per token instead of hundreds). Sizes double from
 ``STATIC_STEP_TOKENS`` up to the model's context (at 4,096: 512, 1,024, 2,048 and 4,096): few
 shapes to compile and record, little memory held unused. A cache kept from an earlier turn is
-used again when the new prompt and its reply fit in it, else copied into the next size up.
+used again when the new prompt and its reply fit in it, else copied into the next size up. Every
+size is compiled and recorded at start-up in each serving thread (``LoadedModel.warm_up_compiled``).
+
+Not done: the caches are not preallocated. Each new ``StaticCache`` has new addresses, which
+transformers marks static, so CUDA graph trees record that size again for it (up to torch's
+re-record limit, then that size runs without graphs): a reply that needs a fresh cache pays for
+one recording, and graphs accumulate with the number of caches made.
 """
 
 from __future__ import annotations
@@ -26,6 +32,14 @@ def static_capacity(tokens: int, context: int) -> int:
     while capacity < tokens:
         capacity *= 2
     return min(capacity, max(context, tokens))
+
+
+def static_sizes(context: int) -> list[int]:
+    """Every cache size compiled decoding uses for a model of ``context`` tokens."""
+    sizes = [static_capacity(1, context)]
+    while sizes[-1] < context:
+        sizes.append(static_capacity(sizes[-1] + 1, context))
+    return sizes
 
 
 def static_cache_for(config: Any, kept: StaticCache | None, tokens: int) -> StaticCache:

@@ -39,6 +39,13 @@ class JapaneseTextStreamer(TextIteratorStreamer):
         super().__init__(tokenizer, skip_prompt, timeout, **decode_kwargs)
         self.generated_token_count = 0
         self._detokenizer = IncrementalDetokenizer(tokenizer, **decode_kwargs)
+        self._resuming = False
+
+    def resume(self) -> None:
+        """The next ``put()`` is the prompt of a retry that ends with what was already streamed:
+        skip it and go on where the stream left off (a character half-decoded stays so)."""
+        self.next_tokens_are_prompt = True
+        self._resuming = True
 
     def put(self, value: Any) -> None:
         """Receive token ids (shape `(n,)` or `(1, n)`) and queue the characters they complete."""
@@ -46,6 +53,9 @@ class JapaneseTextStreamer(TextIteratorStreamer):
             raise ValueError("JapaneseTextStreamer only supports batch size 1")
         ids: list[int] = (value[0] if len(value.shape) > 1 else value).tolist()
 
+        if self.next_tokens_are_prompt and self._resuming:
+            self.next_tokens_are_prompt = self._resuming = False
+            return
         if self.next_tokens_are_prompt:  # a new stream starts with its prompt
             self.next_tokens_are_prompt = False
             self._detokenizer.reset()
