@@ -32,9 +32,7 @@ from jslm_chat.web.text import (
 Message = dict[str, Any]
 History = list[Message]
 MAX_COMMENT_CHARS = 2_000
-NOT_A_REPLY = (
-    "評価できるのは、この画面で受け取った返答だけです。 / You can only rate a reply this page received."
-)
+NOT_A_REPLY = "評価できるのは、この画面で受け取った返答だけです。 / You can only rate a reply this page received."
 
 
 def nothing_to_do(message: str) -> gr.Error:

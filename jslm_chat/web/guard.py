@@ -7,8 +7,8 @@ One ASGI middleware, installed on Gradio's FastAPI app before the server starts
   (``scope["client"]`` is rewritten, so every handler and route sees the same client);
 - refuses uploads (``/gradio_api/upload``): the app has no file input, so nothing a stranger sends
   is stored or served back;
-- refuses a body over :data:`MAX_BODY_BYTES` (413, bilingual), before any handler reads it; a body
-  without a length is cut at the same size by FastAPI's own limit;
+- refuses a body over :data:`MAX_BODY_BYTES` (413, bilingual), before any handler reads it (a body
+  sent without a length is read here first, up to the limit);
 - answers ``/pwa_icon`` with the favicon (Gradio's own route fails on an SVG icon);
 - brakes password guessing (:class:`~jslm_chat.web.login_brake.LoginBrake`);
 - under ``--auth``, leaves the API description out of the login page.
@@ -25,7 +25,7 @@ from starlette.responses import FileResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jslm_chat.web.client_address import client_address
-from jslm_chat.web.login_brake import LoginBrake, json_response
+from jslm_chat.web.login_brake import LoginBrake, json_response, read_body, replaying
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 """The largest request body: the largest request the app accepts (a saved store of 2.5 MB of JSON,
@@ -63,9 +63,14 @@ class Guard:
             await self.app(scope, receive, send)
             return
         path, method = scope["path"].rstrip("/") or "/", scope["method"]
+        length = _declared_length(scope)
         if path in UPLOAD_PATHS:
             await json_response(send, 403, UPLOAD_REFUSED)
-        elif _declared_length(scope) > MAX_BODY_BYTES:
+            return
+        if length is None and method in ("POST", "PUT", "PATCH"):
+            body = await read_body(receive, MAX_BODY_BYTES)
+            length, receive = (MAX_BODY_BYTES + 1, receive) if body is None else (len(body), replaying(body, receive))
+        if (length or 0) > MAX_BODY_BYTES:
             await json_response(send, 413, TOO_LARGE)
         elif path == ICON_PATH or path.startswith(ICON_PATH + "/"):
             await self._icon(scope, receive, send)
@@ -83,11 +88,12 @@ class Guard:
         await FileResponse(self.favicon)(scope, receive, send)
 
 
-def _declared_length(scope: Scope) -> int:
+def _declared_length(scope: Scope) -> int | None:
+    """The body's declared length (over the limit if unreadable); ``None`` without one."""
     for name, value in scope.get("headers", []):
         if name == b"content-length":
-            return int(value) if value.isdigit() else MAX_BODY_BYTES + 1
-    return 0
+            return int(value) if value.strip().isdigit() else MAX_BODY_BYTES + 1
+    return None
 
 
 def _without_api_info_before_login(send: Send) -> Send:
@@ -119,8 +125,5 @@ def _without_api_info_before_login(send: Send) -> Send:
 
 
 def app_kwargs(*, behind_proxy: bool, favicon: str | Path | None) -> dict[str, Any]:
-    """``Blocks.launch(app_kwargs=...)`` that install the guard and FastAPI's own body limit."""
-    return {
-        "middleware": [Middleware(Guard, behind_proxy=behind_proxy, favicon=str(favicon) if favicon else None)],
-        "max_body_size": MAX_BODY_BYTES,
-    }
+    """``Blocks.launch(app_kwargs=...)`` that install the guard."""
+    return {"middleware": [Middleware(Guard, behind_proxy=behind_proxy, favicon=str(favicon) if favicon else None)]}

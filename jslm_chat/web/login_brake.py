@@ -107,5 +107,8 @@ class LoginBrake:
             count = self.failures.add(address)
             logger.warning(
                 "login failed: user %r from %s (%d of %d allowed)",
-                cut(user, MAX_LOGGED_NAME_CHARS), address, count, self.failures_allowed,
+                cut(user, MAX_LOGGED_NAME_CHARS),
+                address,
+                count,
+                self.failures_allowed,
             )
