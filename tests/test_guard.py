@@ -287,3 +287,45 @@ def test_password_guessing_is_braked_per_address_and_logged_without_the_password
     failures = [r.getMessage() for r in caplog.records if r.name == "jslm_chat.web.login_brake"]
     assert len(failures) == FAILURES_ALLOWED
     assert all("'alice'" in line and "127.0.0.5" in line and "guess" not in line for line in failures)
+
+
+@pytest.fixture(scope="module")
+def proxied(demo_engine):
+    app, url, _ = launch_app(demo_engine, auth=(("alice", "correct horse"),), behind_proxy=True)
+    yield url
+    app.close()
+
+
+def test_the_proxy_header_counts_only_where_the_app_is_told_it_runs_behind_one(guarded, proxied):
+    from jslm_chat.web.login_brake import FAILURES_ALLOWED
+
+    def braked_after_failures(url: str, forwarded_for: str, then_forwarded_for: str) -> bool:
+        with client_at(url, "127.0.0.7") as http:
+            for n in range(FAILURES_ALLOWED):
+                headers = {"x-forwarded-for": forwarded_for}
+                http.post("/login", data={"username": "mallory", "password": f"{n}"}, headers=headers)
+            headers = {"x-forwarded-for": then_forwarded_for}
+            return http.post("/login", data={"username": "a", "password": "b"}, headers=headers).status_code == 429
+
+    # Behind a proxy, the proxy appends the address it saw (the rightmost public one counts):
+    # whatever the client writes to its left does not make it someone else.
+    assert braked_after_failures(proxied, "93.184.216.9", "1.1.1.1, 93.184.216.9, 10.0.0.2")
+    assert not braked_after_failures(proxied, "93.184.216.10", "93.184.216.11")  # another visitor
+    # Without --behind-proxy, a made-up header changes nothing: the peer's address counts.
+    assert braked_after_failures(guarded, "93.184.216.12", "93.184.216.13")
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("93.184.216.9", "93.184.216.9"),
+        ("1.2.3.4, 93.184.216.9, 10.0.0.1", "93.184.216.9"),
+        ("10.0.0.1, 10.0.0.2", "10.0.0.2"),
+        ("junk, 10.0.0.3", "10.0.0.3"),
+        ("junk", None),
+    ],
+)
+def test_the_forwarded_client_is_the_rightmost_public_address(header, expected):
+    from jslm_chat.web.client_address import forwarded_client
+
+    assert forwarded_client(header) == expected
