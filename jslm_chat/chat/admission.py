@@ -105,15 +105,16 @@ class Admission:
             arrival = next(self._arrivals)
             key: object = client if client is not None else ("anonymous", arrival)
             held = self._held.get(key, 0)
+            free = len(self._running) < self.slots and not self._line
+            if not free and len(self._line) >= self.max_waiting:
+                raise BusyError()
             if held >= self.client_share:
                 raise ClientShareError(self.client_share)
             ticket = Ticket(self, key, (held, arrival))
-            if len(self._running) < self.slots and not self._line:
+            if free:
                 self._admit(ticket)
-            elif len(self._line) < self.max_waiting:
-                bisect.insort(self._line, ticket, key=lambda item: item.order)
             else:
-                raise BusyError()
+                bisect.insort(self._line, ticket, key=lambda item: item.order)
             self._held[key] = held + 1
             return ticket
 
