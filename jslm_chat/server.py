@@ -30,7 +30,7 @@ VLLM_QUANTIZE_REFUSAL = (
     " / --quantize {mode} does not apply with --backend vllm (vLLM quantizes its own way):"
     " drop --quantize and serve a pre-quantized (AWQ/GPTQ) checkpoint with vllm serve (see docs/quantization.md)."
 )
-SESSIONS_KEPT = 200
+SESSIONS_KEPT = 64
 """Browser sessions whose state Gradio keeps (the least recently used is dropped first)."""
 
 
