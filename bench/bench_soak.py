@@ -1,6 +1,11 @@
-"""Soak: 2,000 short requests from 200 API clients (plus a few browser turns) against one server.
+"""Soak: 2,000 short requests from 200 API clients (plus a few browser turns) against one server,
+then large accepted requests, each from a fresh session.
 
-    python bench/bench_soak.py [--requests 2000] [--clients 200]
+    python bench/bench_soak.py [--requests 2000] [--clients 200] [--large 300]
+
+The large part sends, from a new session each time, an export of a 300,000-character conversation
+(a UI handler called by its ``fn_index``) and a ``/prompt`` over the same history, and prints the
+server's RSS every 25 requests: the memory curve (goal: under +100 MB over the first 100, flat after).
 
 Starts ``python app.py --demo`` as its own process on a free local port, then prints the server's
 resident memory (RSS) after the first 10% of the requests and at the end, its idle thread count at
@@ -97,10 +102,44 @@ def browser_turns(url: str, turns: int) -> None:
         browser.close()
 
 
+LARGE_HISTORY = [
+    {"role": role, "content": [{"type": "text", "text": f"{index} " + "日本の四季と文化について。" * 575}]}
+    for index in range(20)
+    for role in ("user", "assistant")
+]  # 40 messages, about 300,000 characters: inside the 400,000 the app accepts
+
+
+def large_requests(url: str, pid: int, count: int) -> None:
+    """``count`` large accepted requests from fresh sessions; prints the RSS curve."""
+    import uuid
+
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=120) as http:
+        dependencies = http.get("/config").json()["dependencies"]
+        export = next(dep["id"] for dep in dependencies if dep.get("api_name") == "export_json")
+        controls = ["", 64, 0.7, 0.95, 50, 1.1, ""]
+        plain = [{"role": m["role"], "content": m["content"][0]["text"]} for m in LARGE_HISTORY]
+        start = rss_mib(pid)
+        print(f"large requests from fresh sessions: RSS {start:.0f} MiB at start")
+        for index in range(1, count + 1):
+            session = uuid.uuid4().hex
+            body = {"fn_index": export, "data": [LARGE_HISTORY, *controls], "session_hash": session}
+            assert http.post("/gradio_api/run/predict", json=body).status_code == 200
+            asked = {"data": ["次は？", plain, "", 64, 0.7, 0.95, 50, 1.1, None, False]}
+            event = http.post("/gradio_api/call/prompt", json=asked).json()["event_id"]
+            answer = http.get(f"/gradio_api/call/prompt/{event}").text
+            assert "event: complete" in answer, answer[:300]
+            if index % 25 == 0:
+                rss = rss_mib(pid)
+                print(f"  after {index:4d}: RSS {rss:.0f} MiB ({rss - start:+.0f} MiB)", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--large", type=int, default=300, help="large requests from fresh sessions (0: none)")
     args = parser.parse_args()
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
@@ -108,6 +147,9 @@ def main() -> None:
         temp = Path(gradio_temp)
         server = start_server(port, temp)
         try:
+            if args.requests == 0:
+                large_requests(url, server.pid, args.large)
+                return
             baseline_threads, baseline_files = threads(server.pid), temp_entries(temp)
             clients = [Client(url, verbose=False) for _ in range(args.clients)]
 
@@ -135,6 +177,7 @@ def main() -> None:
             print(f"server threads, idle: {baseline_threads} at start, {threads_early} after {warmup} requests,")
             print(f"  {threads_late} after all")
             print(f"temp files: {baseline_files} before, {temp_entries(temp)} after")
+            large_requests(url, server.pid, args.large)
         finally:
             server.terminate()
             server.wait(30)

@@ -16,6 +16,7 @@ from jslm_chat.chat.service import ChatService
 from jslm_chat.model.backend import Backend
 from jslm_chat.model.presets import resolve_preset
 from jslm_chat.settings import Settings, parse_settings
+from jslm_chat.web import guard, log_bounds
 from jslm_chat.web.feedback import FeedbackLog
 from jslm_chat.web.layout import build_ui, configure_queue, launch_options
 from jslm_chat.web.openai_api import openai_router
@@ -29,6 +30,8 @@ VLLM_QUANTIZE_REFUSAL = (
     " / --quantize {mode} does not apply with --backend vllm (vLLM quantizes its own way):"
     " drop --quantize and serve a pre-quantized (AWQ/GPTQ) checkpoint with vllm serve (see docs/quantization.md)."
 )
+SESSIONS_KEPT = 64
+"""Browser sessions whose state Gradio keeps (the least recently used is dropped first)."""
 
 
 class StartupError(RuntimeError):
@@ -96,6 +99,7 @@ def launch(
         logger.info(
             "Spaces では --share は不要です（Space の URL をそのまま共有できます） / --share is ignored on Spaces"
         )
+    options = launch_options(service)
     fastapi_app, local_url, share_url = app.launch(
         server_name=settings.host,
         server_port=settings.port,
@@ -103,9 +107,14 @@ def launch(
         prevent_thread_lock=True,
         show_error=True,
         auth=list(settings.auth) or None,
-        app_kwargs={"routes": api_routes(service, settings)},
-        **launch_options(service),
+        app_kwargs={
+            "routes": api_routes(service, settings),
+            **guard.app_kwargs(behind_proxy=settings.behind_proxy, favicon=options.get("favicon_path")),
+        },
+        state_session_capacity=SESSIONS_KEPT,
+        **options,
     )
+    log_bounds.install()
     if share and not share_url:
         logger.warning(
             "公開リンクを作成できませんでした（インターネット接続が必要です）。%s でローカルに提供を続けます。"

@@ -40,6 +40,7 @@ class Settings:
     auth: tuple[tuple[str, str], ...] = ()
     api_key: tuple[str, ...] = ()
     feedback_dir: str | None = None
+    behind_proxy: bool = False  # on by default on Spaces
 
     def __repr__(self) -> str:  # never show passwords or keys in logs or tracebacks
         shown = {**vars(self), "auth": [(user, "***") for user, _ in self.auth], "api_key": ["***"] * len(self.api_key)}
@@ -188,6 +189,11 @@ FLAGS: tuple[Flag, ...] = (
         "append 👍/👎 votes on replies as JSON lines to a file in DIR; without it no buttons",
         metavar="DIR",
     ),
+    Flag(
+        "behind_proxy",
+        "count clients by the address a reverse proxy forwards (X-Forwarded-For); on by default on Spaces",
+        switch=True,
+    ),
 )
 
 
@@ -199,7 +205,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         description="日本語 StableLM チャット (jslm-chat): a Japanese-first browser chat for Japanese StableLM.",
         epilog="Presets: " + ", ".join(PRESETS) + ". Every flag has an environment variable (in brackets).",
     )
-    defaults = Settings(host="0.0.0.0") if env.get("SPACE_ID") else Settings()
+    defaults = Settings(host="0.0.0.0", behind_proxy=True) if env.get("SPACE_ID") else Settings()
     for flag in FLAGS:
         default = getattr(defaults, flag.name)
         shown = "" if default in (None, ()) else f"; default {default}"

@@ -62,3 +62,26 @@ def test_no_line_means_busy_as_soon_as_the_slots_are_taken():
 def test_nonsense_sizes_are_rejected():
     with pytest.raises(ValueError):
         Admission(slots=0, max_waiting=1)
+
+
+def test_one_client_holds_at_most_its_share_and_the_line_is_served_in_rounds():
+    admission = Admission(slots=1, max_waiting=8, client_share=3)
+    hog = [admission.join("hog") for _ in range(3)]
+    with pytest.raises(BusyError, match="3 requests"):
+        admission.join("hog")
+    polite = admission.join("polite")
+    assert polite.ahead == 0  # before the hog's second and third requests
+    assert [ticket.ahead for ticket in hog[1:]] == [1, 2]
+    hog[0].leave()
+    assert polite.admitted and not hog[1].admitted
+    assert admission.join("hog").ahead == 2  # its share freed one place, behind its own earlier ones
+    for ticket in [*hog, polite]:
+        ticket.leave()
+
+
+def test_requests_without_a_client_are_each_their_own():
+    admission = Admission(slots=1, max_waiting=4, client_share=2)
+    tickets = [admission.join() for _ in range(5)]
+    assert (admission.running, admission.waiting) == (1, 4)
+    for ticket in tickets:
+        ticket.leave()

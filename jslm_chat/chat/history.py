@@ -25,19 +25,23 @@ class ChatInputError(UserError, ValueError):
     """The message or history cannot be used (empty, malformed, too large, unreadable text)."""
 
 
-def content_text(content: object) -> str:
-    """The plain text of a message's content: a string, a text block, or a list of text blocks."""
+def content_text(content: object, *, nested: bool = False) -> str:
+    """The plain text of a message's content: a string, a text block, or a list of strings and text blocks.
+
+    A list inside a list is refused (``nested`` marks a block of a list): content nested deeper
+    than Gradio's own format is never walked.
+    """
     if content is None:  # a reply stopped before its first token
         return ""
     if isinstance(content, str):
         return content
     if isinstance(content, Mapping) and content.get("type", "text") == "text" and isinstance(content.get("text"), str):
         return str(content["text"])
-    if isinstance(content, Sequence) and not isinstance(content, (str, bytes)):
-        return "".join(content_text(block) for block in content)
+    if isinstance(content, Sequence) and not isinstance(content, (str, bytes)) and not nested:
+        return "".join(content_text(block, nested=True) for block in content)
     raise ChatInputError(
-        "メッセージの内容はテキストにしてください / message content must be text (a string or text blocks),"
-        f" got {type(content).__name__}"
+        "メッセージの内容はテキストにしてください / message content must be text (a string or a list of text blocks),"
+        f" got {'a nested ' if nested else ''}{type(content).__name__}"
     )
 
 
@@ -76,11 +80,11 @@ def history_to_turns(history: object) -> list[Turn]:
     turns: list[Turn] = []
     user: str | None = None
     reply, total = "", 0
-    for message in history:
+    for index, message in enumerate(history):
         role = _role(message)
         if role == "system" or is_notice(message):
             continue
-        text = content_text(message.get("content"))
+        text = _message_text(message, index)
         total += len(text)
         if total > MAX_HISTORY_CHARS:
             raise ChatInputError(
@@ -100,6 +104,13 @@ def history_to_turns(history: object) -> list[Turn]:
     if user is not None:
         turns.append(Turn(user, reply))
     return turns
+
+
+def _message_text(message: Mapping[str, Any], index: int) -> str:
+    try:
+        return content_text(message.get("content"))
+    except ChatInputError as error:
+        raise ChatInputError(f"history[{index}].content: {error}") from None
 
 
 def _role(message: object) -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from jslm_chat.chat.admission import Admission, Ticket
 from jslm_chat.chat.history import ChatInputError, split_history
+from jslm_chat.chat.receipts import Receipts
 from jslm_chat.chat.relay import FRAME_SECONDS, FrameRelay
 from jslm_chat.model.backend import Backend, Conversation, ReplyStream
 from jslm_chat.model.params import SYSTEM_PROMPT, GenerationParams, checked_text
@@ -68,9 +69,10 @@ ChatEvent = InLine | Streaming | Done
 class ReplyJob:
     """One request's way through the service: in line, then streaming; stoppable at any moment."""
 
-    def __init__(self, reply: ReplyStream, admission: Admission, prefix: str = "") -> None:
+    def __init__(self, reply: ReplyStream, admission: Admission, prefix: str = "", client: str | None = None) -> None:
         self.reply = reply
         self.prefix = prefix
+        self.client = client
         self._admission = admission
         self._ticket: Ticket | None = None
         self._stopped = threading.Event()
@@ -78,11 +80,11 @@ class ReplyJob:
 
     def join(self) -> Ticket:
         """The job's place in line, taken now unless it has one: raises :class:`BusyError` when the
-        line is full. :meth:`events` joins by itself; an HTTP API joins first, to answer "busy"
-        before its response starts."""
+        line is full (or the client holds its share). :meth:`events` joins by itself; an HTTP API joins
+        first, to answer "busy" before its response starts."""
         with self._lock:
             if self._ticket is None:
-                self._ticket = self._admission.join()
+                self._ticket = self._admission.join(self.client)
             ticket = self._ticket
         if self._stopped.is_set():
             ticket.leave()
@@ -91,7 +93,7 @@ class ReplyJob:
     def events(self) -> Iterator[ChatEvent]:
         """Wait in line (an :class:`InLine` about twice a second), stream, then one :class:`Done`.
 
-        Raises :class:`BusyError` at once when the line is full.
+        Raises :class:`BusyError` at once when the line is full (or the client holds its share).
         """
         with self.join() as ticket:
             while not ticket.wait(WAIT_POLL_SECONDS):
@@ -119,6 +121,7 @@ class ChatService:
         self.backend = backend
         self.max_new_tokens_limit = min(max_new_tokens_limit, backend.context_length - 1)
         self.admission = admission or Admission(slots=backend.default_concurrency, max_waiting=16)
+        self.receipts = Receipts()  # the replies each session received (votes refer to them)
         self._jobs: dict[str, ReplyJob] = {}
         self._jobs_lock = threading.Lock()
 
@@ -154,13 +157,14 @@ class ChatService:
         """The exact prompt the model would see for ``request``."""
         return self.backend.prepare(request.conversation, request.params.max_new_tokens)
 
-    def start(self, request: ChatRequest, session: str | None = None) -> ReplyJob:
+    def start(self, request: ChatRequest, session: str | None = None, client: str | None = None) -> ReplyJob:
         """A job for ``request`` (prompt prepared now, generation once a slot is free).
 
-        A new job for the same ``session`` stops the one it had.
+        A new job for the same ``session`` stops the one it had. ``client`` (an address) shares the
+        line fairly with other clients (see :mod:`~jslm_chat.chat.admission`).
         """
         reply = self.backend.stream(request.conversation, request.params)
-        job = ReplyJob(reply, self.admission, prefix=request.conversation.continuation)
+        job = ReplyJob(reply, self.admission, prefix=request.conversation.continuation, client=client)
         if session is not None:
             with self._jobs_lock:
                 previous, self._jobs[session] = self._jobs.get(session), job
@@ -189,10 +193,12 @@ async def stream_events(service: ChatService, job: ReplyJob, session: str | None
     Cancelling the consumer stops the job at once: Gradio cancels an event (Stop, Clear, a closed
     tab, ``job.cancel()`` from a client) by cancelling its task, the ``await`` inside the relay then
     raises whatever the job is doing (in line, prefilling, decoding), and ``finally`` stops the job
-    without waiting for it.
+    without waiting for it. A finished reply is noted in ``service.receipts`` for ``session``.
     """
     try:
         async for event in FrameRelay(job.events(), FRAME_SECONDS, final=Done):
+            if session is not None and isinstance(event, Done) and event.text:
+                service.receipts.add(session, event.text)
             yield event
     finally:
         job.stop()

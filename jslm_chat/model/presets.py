@@ -33,6 +33,12 @@ class ModelPreset:
     system_prompt: str
     sampling: GenerationParams
 
+    @property
+    def public_id(self) -> str:
+        """The model's name as shown to users and in exports: a hub id, or a local folder's name (never its path)."""
+        path = Path(self.model_id).expanduser()
+        return path.name if path.is_absolute() or path.exists() or self.model_id.startswith(".") else self.model_id
+
     def fitted_to_context(self, context_length: int) -> ModelPreset:
         """This preset for a model whose window is ``context_length`` tokens (a quarter for the reply)."""
         budget = max(1, context_length // 4)

@@ -19,15 +19,20 @@ import gradio as gr
 from jslm_chat.chat.service import ChatRequest, ChatService, Streaming, log_user_error, stream_events
 from jslm_chat.model.errors import UserError
 from jslm_chat.model.params import SHOWN_SETTINGS
+from jslm_chat.web.client_address import client_of
 
 HistoryType = list[dict[str, Any]] | None
 
 
 def _signature(service: ChatService, returns: Any) -> inspect.Signature:
-    """``(message, history, *settings, continue_reply)`` with the preset's defaults."""
+    """``(request, message, history, *settings, continue_reply)`` with the preset's defaults.
+
+    Gradio passes the ``gr.Request`` (the client's address) and leaves it out of the API's inputs.
+    """
     keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD
     defaults = service.backend.preset.default_settings()
     parameters = [
+        inspect.Parameter("request", keyword, annotation=gr.Request),
         inspect.Parameter("message", keyword, annotation=str),
         inspect.Parameter("history", keyword, default=None, annotation=HistoryType),
     ]
@@ -57,6 +62,7 @@ def register_api(service: ChatService) -> None:
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         values = dict(bound.arguments)
+        del values["request"]
         message, history, continue_reply = values.pop("message"), values.pop("history"), values.pop("continue_reply")
         try:
             return service.request(message, history, values, continue_reply=bool(continue_reply))
@@ -69,9 +75,10 @@ def register_api(service: ChatService) -> None:
         With `continue_reply`, the last message of `history` is a reply cut off at max_new_tokens:
         leave `message` empty; the stream then carries that reply with its continuation.
         """
+        client = client_of(args[0] if args else kwargs.get("request"))
         request = checked(chat_signature, args, kwargs)
         try:
-            job = service.start(request)
+            job = service.start(request, client=client)
             async for event in stream_events(service, job):
                 if isinstance(event, Streaming):
                     yield event.text

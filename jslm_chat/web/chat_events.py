@@ -15,9 +15,10 @@ import gradio as gr
 from jslm_chat.chat.history import content_text
 from jslm_chat.chat.service import ChatService, Done, InLine, log_user_error, stream_events
 from jslm_chat.model.errors import UserError
-from jslm_chat.model.params import SHOWN_SETTINGS
+from jslm_chat.model.params import SHOWN_SETTINGS, checked_text
+from jslm_chat.web.client_address import client_of
 from jslm_chat.web.export import to_json, to_markdown
-from jslm_chat.web.feedback import FeedbackLog
+from jslm_chat.web.feedback import FeedbackLog, VoteRefusedError
 from jslm_chat.web.text import (
     NOTHING_TO_CONTINUE,
     NOTHING_TO_RETRY,
@@ -30,6 +31,8 @@ from jslm_chat.web.text import (
 
 Message = dict[str, Any]
 History = list[Message]
+MAX_COMMENT_CHARS = 2_000
+NOT_A_REPLY = "評価できるのは、この画面で受け取った返答だけです。 / You can only rate a reply this page received."
 
 
 def nothing_to_do(message: str) -> gr.Error:
@@ -57,6 +60,28 @@ def _trim_to_last_user_message(history: Sequence[Message]) -> History:
     while trimmed and trimmed[-1].get("role") != "user":
         trimmed.pop()
     return trimmed
+
+
+def checked_vote(
+    service: ChatService,
+    session: str | None,
+    like: gr.LikeData,
+    history: object,
+    comment: object,
+    values: Sequence[Any],
+) -> History:
+    """The conversation up to the rated reply, if the vote is sound; else a bilingual :class:`VoteRefusedError`."""
+    checked_text("comment", comment, MAX_COMMENT_CHARS, VoteRefusedError)
+    service.request("-", history, settings_by_name(values))  # the history's and settings' limits, as /chat
+    index = like.index[0] if isinstance(like.index, (list, tuple)) and like.index else like.index
+    messages = history if isinstance(history, list) else []
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(messages):
+        raise VoteRefusedError(NOT_A_REPLY)
+    rated = messages[index]
+    received = service.receipts.received(session or "", content_text(rated.get("content")))
+    if rated.get("role") != "assistant" or not received:
+        raise VoteRefusedError(NOT_A_REPLY)
+    return messages[: index + 1]
 
 
 class ChatHandlers:
@@ -102,7 +127,7 @@ class ChatHandlers:
         before = _trim_to_last_user_message(past) if continue_reply else shown
         try:
             chat_request = service.request(message, past, settings_by_name(values), continue_reply=continue_reply)
-            job = service.start(chat_request, session)
+            job = service.start(chat_request, session, client=client_of(request))
             if job.reply.prompt.dropped_turns:
                 gr.Info(dropped_notice(job.reply.prompt.dropped_turns))
             yield gr.skip(), gr.skip(), STARTING, gr.Button(visible=False)
@@ -145,8 +170,8 @@ class ChatHandlers:
     def edit(self, request: gr.Request, edit: gr.EditData, history: History) -> tuple[Any, ...]:
         """An edited user message replaces everything after it; its new reply follows."""
         self.service.stop(request.session_hash)
-        index = edit.index[0] if isinstance(edit.index, (list, tuple)) else edit.index
-        if not 0 <= index < len(history) or history[index].get("role") != "user":
+        index = edit.index[0] if isinstance(edit.index, (list, tuple)) and edit.index else edit.index
+        if not isinstance(index, int) or not 0 <= index < len(history) or history[index].get("role") != "user":
             raise nothing_to_do(NOTHING_TO_SEND)
         kept = [*history[:index], {"role": "user", "content": content_text(edit.value)}]
         return kept, *sending_allowed(True)
@@ -163,7 +188,7 @@ class ChatHandlers:
     def export_metadata(self, values: Sequence[Any]) -> dict[str, Any]:
         """The model, where it runs, and the settings: what a saved conversation carries."""
         backend = self.service.backend
-        return {"model": backend.preset.model_id, "runs_on": backend.runs_on, **settings_by_name(values)}
+        return {"model": backend.preset.public_id, "runs_on": backend.runs_on, **settings_by_name(values)}
 
     def export_json(self, history: History, *values: Any) -> str:
         """The conversation as JSON text (downloaded by the browser; nothing is written on the server)."""
@@ -173,15 +198,24 @@ class ChatHandlers:
         """The conversation as Markdown text (downloaded by the browser)."""
         return to_markdown(history, self.export_metadata(values))
 
-    def vote(self, like: gr.LikeData, history: History, comment: str, *values: Any) -> str:
-        """Record a 👍/👎 on a reply (with the optional comment); clears the comment box."""
+    def vote(self, request: gr.Request, like: gr.LikeData, history: History, comment: str, *values: Any) -> str:
+        """Record a 👍/👎 on a reply this session received (with the optional comment); clears the comment box.
+
+        Everything is checked as ``/chat`` checks it; a refused vote is one log line and a warning.
+        """
         if self.feedback is None:
             return comment
-        index = like.index[0] if isinstance(like.index, (list, tuple)) else like.index
-        self.feedback.record(
-            conversation=history[: index + 1],
-            liked=like.liked,
-            comment=comment,
-            metadata=self.export_metadata(values),
-        )
+        try:
+            rated = checked_vote(self.service, request.session_hash, like, history, comment, values)
+            self.feedback.record(
+                conversation=rated,
+                liked=like.liked is True,
+                comment=comment,
+                metadata=self.export_metadata(values),
+                client=client_of(request),
+            )
+        except UserError as error:
+            log_user_error(error)
+            gr.Warning(str(error))
+            return comment
         return ""

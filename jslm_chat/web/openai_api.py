@@ -30,6 +30,7 @@ from jslm_chat.model.backend import GenerationError
 from jslm_chat.model.errors import UserError
 from jslm_chat.model.prompt import PromptTooLongError
 from jslm_chat.web import openai_schema as schema
+from jslm_chat.web.client_address import client_of
 from jslm_chat.web.openai_schema import ApiError
 
 DISCONNECT_POLL_SECONDS = 0.25  # a non-streaming request notices a closed connection this soon
@@ -195,7 +196,7 @@ def openai_router(service: ChatService, *, api_keys: Sequence[str] = (), locked:
             stream, include_usage = schema.stream_flags(body)
             defaults = preset.default_settings()
             message, history, settings = schema.chat_inputs(body, defaults, service.max_new_tokens_limit)
-            job = service.start(service.request(message, history, settings))
+            job = service.start(service.request(message, history, settings), client=client_of(request))
             job.join()  # a full line is a 429 now, before any 200
         except UserError as error:
             if job is not None:

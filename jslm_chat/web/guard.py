@@ -1,0 +1,129 @@
+"""The HTTP guard in front of every route Gradio (and the app) serves: what a stranger can send.
+
+One ASGI middleware, installed on Gradio's FastAPI app before the server starts
+(:func:`app_kwargs`). It
+
+- names the client: the peer's address, or with ``behind_proxy`` the address the proxy forwards
+  (``scope["client"]`` is rewritten, so every handler and route sees the same client);
+- refuses uploads (``/gradio_api/upload``): the app has no file input, so nothing a stranger sends
+  is stored or served back;
+- refuses a body over :data:`MAX_BODY_BYTES` (413, bilingual), before any handler reads it (a body
+  sent without a length is read here first, up to the limit);
+- answers ``/pwa_icon`` with the favicon (Gradio's own route fails on an SVG icon);
+- brakes password guessing (:class:`~jslm_chat.web.login_brake.LoginBrake`);
+- under ``--auth``, leaves the API description out of the login page.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from starlette.middleware import Middleware
+from starlette.responses import FileResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from jslm_chat.web.client_address import client_address
+from jslm_chat.web.login_brake import LoginBrake, json_response, read_body, replaying
+
+MAX_BODY_BYTES = 8 * 1024 * 1024
+"""The largest request body: the largest request the app accepts (a saved store of 2.5 MB of JSON,
+about 3.4 MB once encrypted, plus an open conversation of 400,000 characters, at most 2.4 MB as JSON
+escapes) fits with room to spare."""
+UPLOAD_PATHS = ("/gradio_api/upload", "/upload")
+ICON_PATH = "/pwa_icon"
+API_INFO = re.compile(rb"window\.gradio_api_info = .*?;</script>", re.DOTALL)
+NO_API_INFO = b"window.gradio_api_info = null;</script>"
+
+UPLOAD_REFUSED = "このサーバーはファイルを受け付けません。 / This server does not accept file uploads."
+TOO_LARGE = (
+    f"リクエストが大きすぎます（{MAX_BODY_BYTES // 1024 // 1024} MB まで）。"
+    f" / The request is too large: at most {MAX_BODY_BYTES // 1024 // 1024} MB."
+)
+
+
+class Guard:
+    """The middleware (see the module docstring)."""
+
+    def __init__(self, app: ASGIApp, *, behind_proxy: bool = False, favicon: str | None = None) -> None:
+        self.app = app
+        self.behind_proxy = behind_proxy
+        self.favicon = favicon
+        self.brake = LoginBrake()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        peer = scope.get("client") or ("unknown", 0)
+        address = client_address(peer[0], scope.get("headers", []), behind_proxy=self.behind_proxy)
+        scope = {**scope, "client": (address, peer[1])}
+        if scope["type"] == "websocket":
+            await self.app(scope, receive, send)
+            return
+        path, method = scope["path"].rstrip("/") or "/", scope["method"]
+        length = _declared_length(scope)
+        if path in UPLOAD_PATHS:
+            await json_response(send, 403, UPLOAD_REFUSED)
+            return
+        if length is None and method in ("POST", "PUT", "PATCH"):
+            body = await read_body(receive, MAX_BODY_BYTES)
+            length, receive = (MAX_BODY_BYTES + 1, receive) if body is None else (len(body), replaying(body, receive))
+        if (length or 0) > MAX_BODY_BYTES:
+            await json_response(send, 413, TOO_LARGE)
+        elif path == ICON_PATH or path.startswith(ICON_PATH + "/"):
+            await self._icon(scope, receive, send)
+        elif path == "/login" and method == "POST":
+            await self.brake(self.app, scope, receive, send)
+        elif method == "GET" and getattr(scope.get("app"), "auth", None):
+            await self.app(scope, receive, _without_api_info_before_login(send))
+        else:
+            await self.app(scope, receive, send)
+
+    async def _icon(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.favicon is None:
+            await json_response(send, 404, "アイコンはありません / No icon.")
+            return
+        await FileResponse(self.favicon)(scope, receive, send)
+
+
+def _declared_length(scope: Scope) -> int | None:
+    """The body's declared length (over the limit if unreadable); ``None`` without one."""
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            return int(value) if value.strip().isdigit() else MAX_BODY_BYTES + 1
+    return None
+
+
+def _without_api_info_before_login(send: Send) -> Send:
+    """A ``send`` that removes the API description from the login page (an HTML page that asks for auth)."""
+    start: Message | None = None
+    chunks: list[bytes] = []
+
+    async def sending(message: Message) -> None:
+        nonlocal start
+        if message["type"] == "http.response.start":
+            headers = dict(message.get("headers", []))
+            if headers.get(b"content-type", b"").startswith(b"text/html"):
+                start = message
+                return
+        if start is None:
+            await send(message)
+            return
+        chunks.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        body = b"".join(chunks)
+        if b'"auth_required":true' in body:
+            body = API_INFO.sub(NO_API_INFO, body, count=1)
+        headers = [(name, value) for name, value in start.get("headers", []) if name != b"content-length"]
+        await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    return sending
+
+
+def app_kwargs(*, behind_proxy: bool, favicon: str | Path | None) -> dict[str, Any]:
+    """``Blocks.launch(app_kwargs=...)`` that install the guard."""
+    return {"middleware": [Middleware(Guard, behind_proxy=behind_proxy, favicon=str(favicon) if favicon else None)]}
