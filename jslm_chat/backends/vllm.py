@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from jslm_chat.backends.hub import local_files_only
 from jslm_chat.model.backend import Backend, GenerationError, ReplyStream
 from jslm_chat.model.detokenizer import IncrementalDetokenizer
 from jslm_chat.model.params import GenerationParams
@@ -367,7 +368,7 @@ def _load_tokenizer(source: str) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(source)
+        return AutoTokenizer.from_pretrained(source, local_files_only=local_files_only(source))
     except Exception as error:
         raise BackendUnavailableError(
             f"トークナイザー {source} を読み込めません: {error} / Cannot load the tokenizer {source}: {error}"

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from jslm_chat.backends.hub import local_files_only
 from jslm_chat.backends.inprocess import zerogpu
 from jslm_chat.backends.inprocess.backend import DEFAULT_CACHE_SLOTS, InProcessBackend, Placement
 from jslm_chat.backends.inprocess.quantization import MemoryPlan, MemoryTooSmallError, choose_quantization
@@ -106,8 +107,9 @@ def load_inprocess_backend(
     if display_name:
         preset = dataclasses.replace(preset, display_name=display_name)
     source = preset.model_id
+    offline = local_files_only(source)
     try:
-        config = AutoConfig.from_pretrained(source)
+        config = AutoConfig.from_pretrained(source, local_files_only=offline)
     except Exception as error:
         raise ModelLoadError(describe_load_failure(source, error)) from error
     parameters = estimate_parameters(config)
@@ -126,13 +128,14 @@ def load_inprocess_backend(
         )
     started = time.perf_counter()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
         loaded = AutoModelForCausalLM.from_pretrained(
             source,
             dtype=placement.dtype,
             device_map=placement.device_map,
             max_memory=placement.max_memory,
             quantization_config=bitsandbytes_config(plan.mode, placement.dtype),
+            local_files_only=offline,
         )
         if placement.then_move_to:
             # transformers loads in a thread pool, where ZeroGPU's patched torch cannot reach CUDA.
