@@ -64,6 +64,7 @@ def load_for(settings: Settings) -> Backend:
     from jslm_chat.backends.inprocess.loading import ModelLoadError, load_inprocess_backend
 
     options: dict[str, Any] = {"device": settings.device, "dtype": settings.dtype, "quantize": settings.quantize}
+    options["concurrency"] = settings.concurrency or Backend.default_concurrency
     if settings.demo:
         options = {**options, "device": "cpu" if settings.device == "auto" else settings.device}
         options["display_name"] = DEMO_DISPLAY_NAME

@@ -445,5 +445,5 @@ def test_closing_the_tab_stops_the_generation_on_the_server(browser, app_url):
     closed_at = time.monotonic()
     page.close()
     own.close()
-    assert wait_until(lambda: not generation_threads(), timeout=5), "a closed tab left its generation running"
-    assert time.monotonic() - closed_at < 5
+    assert wait_until(lambda: not generation_threads(), timeout=30), "a closed tab left its generation running"
+    assert time.monotonic() - closed_at < 30  # wide: a loaded 2-core machine; a leak runs for minutes

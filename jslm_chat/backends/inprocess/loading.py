@@ -100,9 +100,10 @@ def load_inprocess_backend(
     cache_slots: int = DEFAULT_CACHE_SLOTS,
     compiled: bool = False,
     quantize: str = "auto",
+    concurrency: int = 1,
 ) -> InProcessBackend:
     """Load a model by preset key, hub id or local directory (``compiled``: decode with a static
-    cache and ``torch.compile``; ``quantize``: auto, none, int8 or nf4). Raises :class:`ModelLoadError`."""
+    cache and ``torch.compile``; ``quantize``: auto, none, int8 or nf4; ``concurrency``: replies at once). Raises :class:`ModelLoadError`."""
     preset = resolve_preset(model)
     if display_name:
         preset = dataclasses.replace(preset, display_name=display_name)
@@ -154,7 +155,9 @@ def load_inprocess_backend(
         "" if plan.mode == "none" else f", {plan.mode}",
         time.perf_counter() - started,
     )
-    return InProcessBackend(loaded, tokenizer, preset, placement, cache_slots=cache_slots, compiled=compiled)
+    return InProcessBackend(
+        loaded, tokenizer, preset, placement, cache_slots=cache_slots, compiled=compiled, concurrency=concurrency
+    )
 
 
 def gpu_free_bytes(placement: Placement) -> dict[int, int]:
