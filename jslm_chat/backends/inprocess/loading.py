@@ -103,7 +103,8 @@ def load_inprocess_backend(
     concurrency: int = 1,
 ) -> InProcessBackend:
     """Load a model by preset key, hub id or local directory (``compiled``: decode with a static
-    cache and ``torch.compile``; ``quantize``: auto, none, int8 or nf4; ``concurrency``: replies at once). Raises :class:`ModelLoadError`."""
+    cache and ``torch.compile``; ``quantize``: auto, none, int8 or nf4; ``concurrency``: replies at once).
+    Raises :class:`ModelLoadError`."""
     preset = resolve_preset(model)
     if display_name:
         preset = dataclasses.replace(preset, display_name=display_name)
