@@ -113,9 +113,12 @@ def launch(
             **guard.app_kwargs(behind_proxy=settings.behind_proxy, favicon=options.get("favicon_path")),
         },
         state_session_capacity=SESSIONS_KEPT,
+        quiet=not share,  # Gradio's own lines would tell the user to "set share=True in launch()"
         **options,
     )
     log_bounds.install()
+    if not share:
+        logger.info("%s で提供中 / Running on %s (a public link: --share)", local_url, local_url)
     if share and not share_url:
         logger.warning(
             "公開リンクを作成できませんでした（インターネット接続が必要です）。%s でローカルに提供を続けます。"
