@@ -16,12 +16,13 @@ from conftest import generation_threads, wait_until
 
 from jslm_chat.chat.service import ChatService
 from jslm_chat.model.params import SHOWN_SETTINGS
-from jslm_chat.web.chat_events import ChatHandlers
+from jslm_chat.web.chat_events import ChatHandlers, pending
 from jslm_chat.web.saved import MAX_SAVED_CONVERSATIONS, MAX_STORE_BYTES, NEW_CHAT_TITLE, STORE_VERSION, empty_store
 from jslm_chat.web.saved_events import ConversationHandlers
 
 REQUEST = SimpleNamespace(session_hash="session-1")  # what the handlers read from gr.Request
 NAMES = [spec.name for spec in SHOWN_SETTINGS]
+EMPTIED = 6  # chat, status, Continue, generating, Send, Stop
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def handlers(service: ChatService) -> ChatHandlers:
 
 @pytest.fixture
 def saved(service: ChatService) -> ConversationHandlers:
-    return ConversationHandlers(service)
+    return ConversationHandlers(service, len(SHOWN_SETTINGS), EMPTIED)
 
 
 def values(handlers: ChatHandlers, **changed: Any) -> list[Any]:
@@ -65,18 +66,19 @@ def reply_text(update: tuple[Any, ...]) -> str:
 
 def ask(handlers: ChatHandlers, history: list, message: str, **changed: Any) -> list[tuple[Any, ...]]:
     """Submit ``message`` and stream the reply to the end; the updates."""
-    _, history, generating, _ = handlers.submit(message, history, False)
+    _, history, generating, _, _, todo = handlers.submit(message, history, False)
     assert generating is True
-    return drive(handlers.respond(REQUEST, history, *values(handlers, **changed)))
+    return drive(handlers.respond(REQUEST, history, todo, *values(handlers, **changed)))
 
 
-def test_submit_moves_the_message_into_the_chat_and_blocks_sending(handlers):
-    textbox, history, generating, send = handlers.submit("こんにちは", [], False)
+def test_submit_moves_the_message_into_the_chat_and_puts_stop_in_sends_place(handlers):
+    textbox, history, generating, send, stop, todo = handlers.submit("こんにちは", [], False)
     assert (textbox, history, generating) == ("", [{"role": "user", "content": "こんにちは"}], True)
-    assert send.interactive is False
-    for message, busy in (("   ", False), ("", False), ("二通目", True)):
-        with pytest.raises(gr.Error):
-            handlers.submit(message, history, busy)
+    assert send.visible is False and stop.visible is True and todo == pending([], back=True)
+    for message, busy in (("   ", False), ("", False), ("二通目", True)):  # refused without an error
+        refused = handlers.submit(message, history, busy)
+        assert all(update == gr.skip() for update in refused[:-1]) and refused[-1] is None
+        assert drive(handlers.respond(REQUEST, [*history], refused[-1], *values(handlers))) == []
 
 
 def test_respond_streams_a_finished_reply_with_a_status_line(handlers):
@@ -93,7 +95,7 @@ def test_respond_streams_a_finished_reply_with_a_status_line(handlers):
 def test_a_bad_setting_puts_the_message_back_and_warns(handlers):
     history = [{"role": "user", "content": "質問"}]
     with pytest.warns(UserWarning, match="temperature"):
-        updates = drive(handlers.respond(REQUEST, history, *values(handlers, temperature=9.0)))
+        updates = drive(handlers.respond(REQUEST, history, pending([], back=True), *values(handlers, temperature=9.0)))
     chat, textbox, status, _ = updates[-1]
     assert chat == [] and textbox == "質問" and status.startswith("⚠️")
 
@@ -109,8 +111,8 @@ def test_stop_undo_edit_and_the_side_panel_stop_a_running_reply(handlers, saved,
         "undo": lambda: handlers.undo(REQUEST, history),
         "edit": lambda: handlers.edit(REQUEST, edit, history),
         "new_chat": lambda: saved.new_chat(REQUEST, empty_store(), None, history, *values(handlers)),
-        "open": lambda: saved.open(REQUEST, other[0], other[1], None, history, *values(handlers)),
-        "delete": lambda: saved.delete(REQUEST, empty_store(), None),
+        "open": lambda: saved.open(REQUEST, other[1], other[0], None, history, *values(handlers)),
+        "delete": lambda: saved.delete(REQUEST, other[0], other[1]),
     }
     stopped_at: list[float] = []
 
@@ -119,7 +121,10 @@ def test_stop_undo_edit_and_the_side_panel_stop_a_running_reply(handlers, saved,
             stop[stopper]()
             stopped_at.append(time.monotonic())
 
-    updates = drive(handlers.respond(REQUEST, history, *values(handlers, max_new_tokens=1500)), stop_once_streaming)
+    todo = pending([], back=True)
+    updates = drive(
+        handlers.respond(REQUEST, history, todo, *values(handlers, max_new_tokens=1500)), stop_once_streaming
+    )
     assert stopped_at, "the reply never streamed"
     assert time.monotonic() - stopped_at[0] < 3, "the reply kept going after the stop"
     assert "停止" in updates[-1][2]
@@ -128,13 +133,14 @@ def test_stop_undo_edit_and_the_side_panel_stop_a_running_reply(handlers, saved,
 
 def test_retry_answers_the_last_message_again(handlers):
     history = ask(handlers, [], "一つ目", max_new_tokens=8)[-1][0]
-    trimmed, generating, _ = handlers.retry(history, False)
+    trimmed, generating, _, _, todo = handlers.retry(history, False)
     assert trimmed == history[:1] and generating is True
-    again = drive(handlers.respond(REQUEST, trimmed, *values(handlers, max_new_tokens=8)))[-1][0]
+    again = drive(handlers.respond(REQUEST, trimmed, todo, *values(handlers, max_new_tokens=8)))[-1][0]
     assert [message["role"] for message in again] == ["user", "assistant"]
     for empty, busy in (([], False), (history, True)):
-        with pytest.raises(gr.Error):
-            handlers.retry(empty, busy)
+        assert handlers.retry(empty, busy)[-1] is None
+    refused = drive(handlers.respond(REQUEST, trimmed, todo, *values(handlers, temperature=9.0)))[-1]
+    assert refused[0] == history and refused[1] == gr.skip()  # a refused retry keeps the earlier reply
 
 
 @pytest.mark.usefixtures("endless_replies")
@@ -143,14 +149,13 @@ def test_continue_extends_a_reply_cut_at_max_new_tokens_in_the_same_bubble(handl
     assert "最大生成トークン数" in final[2]
     assert final[3].visible is True  # the Continue button appears
     history = final[0]
-    generating, _ = handlers.start_continue(history, False)
+    generating, _, _, todo = handlers.start_continue(history, False)
     assert generating is True
-    continued = drive(handlers.continue_reply(REQUEST, history, *values(handlers, max_new_tokens=8)))[-1]
+    continued = drive(handlers.continue_reply(REQUEST, history, todo, *values(handlers, max_new_tokens=8)))[-1]
     assert len(continued[0]) == 2  # still one user message and one reply
     assert continued[0][1]["content"].startswith(history[1]["content"])
     assert len(continued[0][1]["content"]) > len(history[1]["content"])
-    with pytest.raises(gr.Error):
-        handlers.start_continue(history[:1], False)
+    assert handlers.start_continue(history[:1], False)[-1] is None
 
 
 def test_edit_replaces_the_later_turns_and_undo_still_works(handlers):
@@ -158,14 +163,23 @@ def test_edit_replaces_the_later_turns_and_undo_still_works(handlers):
     history = ask(handlers, history, "二つ目の質問", max_new_tokens=6)[-1][0]
     assert len(history) == 4
     edit = gr.EditData(None, {"index": 0, "previous_value": "一つ目の質問", "value": "直した質問"})
-    kept, generating, _ = handlers.edit(REQUEST, edit, history)
+    kept, generating, _, _, todo = handlers.edit(REQUEST, edit, history)
     assert kept == [{"role": "user", "content": "直した質問"}] and generating is True
-    answered = drive(handlers.respond(REQUEST, kept, *values(handlers, max_new_tokens=6)))[-1][0]
+    refused = drive(handlers.respond(REQUEST, kept, todo, *values(handlers, temperature=9.0)))[-1]
+    assert refused[0] == history and refused[1] == "直した質問"  # every turn kept, the edit back in the box
+    answered = drive(handlers.respond(REQUEST, kept, todo, *values(handlers, max_new_tokens=6)))[-1][0]
     assert [message["content"] for message in answered[:1]] == ["直した質問"] and len(answered) == 2
-    undone, textbox = handlers.undo(REQUEST, answered)
-    assert undone == [] and textbox == "直した質問"
-    with pytest.raises(gr.Error):  # a reply is not editable
-        handlers.edit(REQUEST, gr.EditData(None, {"index": 1, "previous_value": "", "value": "x"}), answered)
+    undone, textbox, status = handlers.undo(REQUEST, answered)
+    assert undone == [] and textbox == "直した質問" and status == ""
+    reply_edit = gr.EditData(None, {"index": 1, "previous_value": "", "value": "x"})
+    assert handlers.edit(REQUEST, reply_edit, answered)[-1] is None  # a reply is not editable
+    for text in ("   ", "長" * 30_000):  # refused: every turn stays
+        blank = gr.EditData(None, {"index": 2, "previous_value": "二つ目の質問", "value": text})
+        with pytest.warns(UserWarning):
+            chat, *_, todo = handlers.edit(
+                REQUEST, blank, [*history[:2], {"role": "user", "content": text}, history[3]]
+            )
+        assert chat == history and todo is None
 
 
 def test_undo_removes_the_last_turn_and_gives_its_message_back(handlers):
@@ -175,7 +189,7 @@ def test_undo_removes_the_last_turn_and_gives_its_message_back(handlers):
         {"role": "user", "content": [{"type": "text", "text": "二"}]},
         {"role": "assistant", "content": "に"},
     ]
-    assert handlers.undo(REQUEST, history) == (history[:2], "二")
+    assert handlers.undo(REQUEST, history) == (history[:2], "二", "")
     assert handlers.undo(REQUEST, [])[0] == []
 
 
@@ -200,7 +214,7 @@ def test_a_conversation_is_saved_with_its_settings_and_titled_by_its_first_messa
     [conversation] = stored["conversations"]
     assert conversation["messages"] == history
     assert conversation["settings"]["temperature"] == 0.3 and conversation["settings"]["seed"] == 42
-    # A reload opens the newest conversation with its settings.
+    # A reload opens the conversation that was open, with its settings.
     loaded = saved.load(stored)
     assert loaded[1] == current and loaded[3] == "富士山の高さは？" and loaded[4] == history
     assert dict(zip(NAMES, loaded[5:], strict=True))["temperature"] == 0.3
@@ -215,11 +229,12 @@ def test_switching_saves_the_open_conversation_and_opens_the_other(handlers, sav
     store, second_id, listing, _ = saved.save(store, None, second, *values(handlers, top_k=9))
     assert [choice[1] for choice in listing.choices] == [second_id, first_id]  # newest first
     longer = [*second, {"role": "assistant", "content": "に"}]
-    opened = saved.open(REQUEST, store, first_id, second_id, longer, *values(handlers, top_k=11))
-    store, current, _, title, chat, status, button, generating, send = opened[:9]
+    opened = saved.open(REQUEST, first_id, store, second_id, longer, *values(handlers, top_k=11))
+    store, current, _, title, chat, status, button, generating, send, _ = opened[:10]
     assert (current, title, chat, status, generating) == (first_id, "一つ目", first, "", False)
-    assert button.visible is False and send.interactive is True
-    assert dict(zip(NAMES, opened[9:], strict=True))["top_k"] == 7
+    assert button.visible is False and send.visible is True
+    assert dict(zip(NAMES, opened[10:], strict=True))["top_k"] == 7
+    assert saved.load(store)[1] == first_id  # a reload reopens it, not the newest
     left = next(item for item in store["conversations"] if item["id"] == second_id)
     assert left["messages"] == longer and left["settings"]["top_k"] == 11
 
@@ -233,8 +248,12 @@ def test_new_chat_rename_and_delete(handlers, saved):
     store, new_current, listing, title, chat, *_ = saved.new_chat(REQUEST, store, current, history, *values(handlers))
     assert (new_current, title, chat, listing.value) == (None, "", [], None)
     assert len(store["conversations"]) == 1  # the conversation left stays saved
+    assert all(update == gr.skip() for update in saved.delete(REQUEST, store, None))  # not confirmed
     store, deleted_current, listing, *_ = saved.delete(REQUEST, store, current)
     assert store["conversations"] == [] and listing.choices == [] and deleted_current is None
+    store, current, *_ = saved.save(store, None, history, *values(handlers))
+    store, current, *_ = saved.save(store, current, [], *values(handlers))  # every turn undone
+    assert store["conversations"] == [] and current is None  # no empty conversation is kept
 
 
 def _stored(index: int, **changed: Any) -> dict[str, Any]:

@@ -7,52 +7,47 @@ Settings arrive as the values of the controls in :data:`~jslm_chat.model.params.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import gradio as gr
 
-from jslm_chat.chat.history import content_text
-from jslm_chat.chat.service import ChatService, Done, InLine, log_user_error, stream_events
+from jslm_chat.chat.history import ChatInputError, content_text
+from jslm_chat.chat.service import MAX_MESSAGE_CHARS, ChatService, Done, InLine, log_user_error, stream_events
 from jslm_chat.model.errors import UserError
-from jslm_chat.model.params import SHOWN_SETTINGS, checked_text
+from jslm_chat.model.params import checked_text
 from jslm_chat.web.client_address import client_of
+from jslm_chat.web.event_common import (
+    SENDING_OUTPUTS,
+    History,
+    Message,
+    control_values,
+    sending_allowed,
+    settings_by_name,
+    skipped,
+)
 from jslm_chat.web.export import to_json, to_markdown
 from jslm_chat.web.feedback import FeedbackLog, VoteRefusedError
 from jslm_chat.web.text import (
-    NOTHING_TO_CONTINUE,
-    NOTHING_TO_RETRY,
     NOTHING_TO_SEND,
     STARTING,
+    VOTE_RECORDED,
     dropped_notice,
     status_line,
     waiting_line,
 )
 
-Message = dict[str, Any]
-History = list[Message]
 MAX_COMMENT_CHARS = 2_000
 NOT_A_REPLY = "評価できるのは、この画面で受け取った返答だけです。 / You can only rate a reply this page received."
+Pending = dict[str, Any] | None
+"""What a reply event is to answer: ``{"before": history, "back": bool}`` (the chat to go back to, and
+whether the message goes back into the textbox, if the reply is refused), or None for nothing.
+Refused events set None instead of raising, so no error badge covers the chat."""
 
 
-def nothing_to_do(message: str) -> gr.Error:
-    """A silent error: it only stops the event chain (``.success`` steps do not run)."""
-    return gr.Error(message, visible=False, print_exception=False)
-
-
-def sending_allowed(generating: bool) -> tuple[bool, gr.Button]:
-    """The ``generating`` flag, and the Send button disabled while a reply is on its way."""
-    return generating, gr.Button(interactive=not generating)
-
-
-def settings_by_name(values: Sequence[object]) -> dict[str, object]:
-    """The controls' values (in :data:`SHOWN_SETTINGS` order) by setting name."""
-    return {spec.name: value for spec, value in zip(SHOWN_SETTINGS, values, strict=True)}
-
-
-def control_values(settings: Mapping[str, Any]) -> tuple[Any, ...]:
-    """The controls' values for ``settings`` (by name); an empty seed box means random."""
-    return tuple("" if settings[spec.name] is None else settings[spec.name] for spec in SHOWN_SETTINGS)
+def pending(before: History, *, back: bool) -> dict[str, Any]:
+    """A reply to make; ``before`` is restored if it is refused."""
+    return {"before": list(before), "back": back}
 
 
 def _trim_to_last_user_message(history: Sequence[Message]) -> History:
@@ -60,6 +55,11 @@ def _trim_to_last_user_message(history: Sequence[Message]) -> History:
     while trimmed and trimmed[-1].get("role") != "user":
         trimmed.pop()
     return trimmed
+
+
+def _index(data: gr.EditData | gr.LikeData) -> object:
+    """The event's message index (a number for a chat message; anything else is refused by the caller)."""
+    return data.index[0] if isinstance(data.index, (list, tuple)) and data.index else data.index
 
 
 def checked_vote(
@@ -73,7 +73,7 @@ def checked_vote(
     """The conversation up to the rated reply, if the vote is sound; else a bilingual :class:`VoteRefusedError`."""
     checked_text("comment", comment, MAX_COMMENT_CHARS, VoteRefusedError)
     service.request("-", history, settings_by_name(values))  # the history's and settings' limits, as /chat
-    index = like.index[0] if isinstance(like.index, (list, tuple)) and like.index else like.index
+    index = _index(like)
     messages = history if isinstance(history, list) else []
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(messages):
         raise VoteRefusedError(NOT_A_REPLY)
@@ -96,30 +96,43 @@ class ChatHandlers:
         return control_values(self.service.backend.preset.default_settings())
 
     def submit(self, message: str, history: History, generating: bool) -> tuple[Any, ...]:
-        """Move a non-empty message from the textbox into the chat (the reply follows)."""
-        if generating or not (message or "").strip():
-            raise nothing_to_do(NOTHING_TO_SEND)
-        return "", [*history, {"role": "user", "content": message}], *sending_allowed(True)
+        """Move a non-empty message from the textbox into the chat (the reply follows).
 
-    async def respond(self, request: gr.Request, history: History, *values: Any) -> AsyncIterator[tuple[Any, ...]]:
+        Returns (textbox, chat, generating, send, stop, pending); a blank message changes nothing.
+        """
+        if generating or not (message or "").strip():
+            return *skipped(2 + SENDING_OUTPUTS), None
+        before = list(history)
+        return "", [*before, {"role": "user", "content": message}], *sending_allowed(True), pending(before, back=True)
+
+    async def respond(
+        self, request: gr.Request, history: History, todo: Pending, *values: Any
+    ) -> AsyncIterator[tuple[Any, ...]]:
         """Stream the reply to the pending last user message into the chat and the status line."""
-        if not history or history[-1].get("role") != "user":
+        if todo is None or not history or history[-1].get("role") != "user":
             return
         message = content_text(history[-1].get("content"))
-        async for update in self._stream(history[:-1], message, values, request, continue_reply=False):
+        async for update in self._stream(history[:-1], message, values, request, todo, continue_reply=False):
             yield update
 
     async def continue_reply(
-        self, request: gr.Request, history: History, *values: Any
+        self, request: gr.Request, history: History, todo: Pending, *values: Any
     ) -> AsyncIterator[tuple[Any, ...]]:
         """Extend the last reply, which was cut off at max_new_tokens, in the same bubble."""
-        if not history or history[-1].get("role") != "assistant":
+        if todo is None or not history or history[-1].get("role") != "assistant":
             return
-        async for update in self._stream(history, "", values, request, continue_reply=True):
+        async for update in self._stream(history, "", values, request, todo, continue_reply=True):
             yield update
 
     async def _stream(
-        self, past: History, message: str, values: Sequence[Any], request: gr.Request, *, continue_reply: bool
+        self,
+        past: History,
+        message: str,
+        values: Sequence[Any],
+        request: gr.Request,
+        todo: dict[str, Any],
+        *,
+        continue_reply: bool,
     ) -> AsyncIterator[tuple[Any, ...]]:
         """Yields (chat, textbox, status, continue button) updates."""
         service, session = self.service, request.session_hash
@@ -143,50 +156,73 @@ class ChatHandlers:
         except UserError as error:
             log_user_error(error)
             gr.Warning(str(error), duration=None)
-            # Nothing typed is lost: a new message goes back into the textbox.
-            yield shown if continue_reply else past, gr.skip() if continue_reply else message, f"⚠️ {error}", gr.skip()
+            # Nothing typed is lost: the chat goes back to where it was, a new message into the textbox.
+            yield todo["before"], message if todo["back"] else gr.skip(), f"⚠️ {error}", gr.skip()
 
     def stop(self, request: gr.Request) -> None:
         """Stop this browser session's reply (in line, preparing or streaming)."""
         self.service.stop(request.session_hash)
 
     def finish(self) -> tuple[Any, ...]:
-        """After a reply (finished, failed, stopped or undone): allow sending again."""
+        """After a reply (finished, failed, stopped, undone or refused): allow sending again."""
         return sending_allowed(False)
 
     def retry(self, history: History, generating: bool) -> tuple[Any, ...]:
-        """Drop the last reply so that the last user message is answered again."""
+        """Drop the last reply so that the last user message is answered again.
+
+        Returns (chat, generating, send, stop, pending).
+        """
         trimmed = _trim_to_last_user_message(history)
         if generating or not trimmed:
-            raise nothing_to_do(NOTHING_TO_RETRY)
-        return trimmed, *sending_allowed(True)
+            return *skipped(1 + SENDING_OUTPUTS), None
+        return trimmed, *sending_allowed(True), pending(history, back=False)
 
     def start_continue(self, history: History, generating: bool) -> tuple[Any, ...]:
-        """Check that there is a reply to continue, and mark the chat as generating."""
+        """Check that there is a reply to continue, and mark the chat as generating.
+
+        Returns (generating, send, stop, pending).
+        """
         if generating or not history or history[-1].get("role") != "assistant":
-            raise nothing_to_do(NOTHING_TO_CONTINUE)
-        return sending_allowed(True)
+            return *skipped(SENDING_OUTPUTS), None
+        return *sending_allowed(True), pending(history, back=False)
 
     def edit(self, request: gr.Request, edit: gr.EditData, history: History) -> tuple[Any, ...]:
-        """An edited user message replaces everything after it; its new reply follows."""
+        """An edited user message replaces everything after it; its new reply follows.
+
+        A refused edit (blank, too long) keeps every turn as it was. Returns (chat, generating, send, stop, pending).
+        """
         self.service.stop(request.session_hash)
-        index = edit.index[0] if isinstance(edit.index, (list, tuple)) and edit.index else edit.index
+        index = _index(edit)
         if not isinstance(index, int) or not 0 <= index < len(history) or history[index].get("role") != "user":
-            raise nothing_to_do(NOTHING_TO_SEND)
-        kept = [*history[:index], {"role": "user", "content": content_text(edit.value)}]
-        return kept, *sending_allowed(True)
+            return *skipped(1), *sending_allowed(False), None
+        original = [*history[:index], {"role": "user", "content": content_text(edit.previous_value)}]
+        original += history[index + 1 :]
+        text = content_text(edit.value).strip()
+        try:
+            checked_text("message", text, MAX_MESSAGE_CHARS, ChatInputError)
+            if not text:
+                raise ChatInputError(NOTHING_TO_SEND)
+        except ChatInputError as error:
+            log_user_error(error)
+            gr.Warning(str(error))
+            return original, *sending_allowed(False), None
+        kept = [*history[:index], {"role": "user", "content": text}]
+        return kept, *sending_allowed(True), pending(original, back=True)
 
     def undo(self, request: gr.Request, history: History) -> tuple[Any, ...]:
-        """Stop any reply, remove the last turn and put its message back into the textbox."""
+        """Stop any reply, remove the last turn and put its message back into the textbox.
+
+        Returns (chat, textbox, status): the removed reply's figures leave the status line.
+        """
         self.service.stop(request.session_hash)
         trimmed = _trim_to_last_user_message(history)
         if not trimmed:
-            return [], gr.skip()
+            return [], gr.skip(), ""
         last = trimmed.pop()
-        return trimmed, content_text(last.get("content"))
+        return trimmed, content_text(last.get("content")), ""
 
     def export_metadata(self, values: Sequence[Any]) -> dict[str, Any]:
-        """The model, where it runs, and the settings: what a saved conversation carries."""
+        """The model (its id, never a path on the server), where it runs, and the settings."""
         backend = self.service.backend
         return {"model": backend.preset.public_id, "runs_on": backend.runs_on, **settings_by_name(values)}
 
@@ -218,4 +254,5 @@ class ChatHandlers:
             log_user_error(error)
             gr.Warning(str(error))
             return comment
+        gr.Info(VOTE_RECORDED)
         return ""

@@ -16,7 +16,7 @@ from jslm_chat.web.chat_events import ChatHandlers
 from jslm_chat.web.feedback import FeedbackLog
 from jslm_chat.web.saved import empty_store
 from jslm_chat.web.saved_events import ConversationHandlers
-from jslm_chat.web.text import TRANSLATIONS, header_html
+from jslm_chat.web.text import DELETE_CONFIRM, TRANSLATIONS, header_html
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 THREADS_BESIDES_GENERATION = 16  # Gradio worker threads for quick events and the API's /prompt
@@ -42,7 +42,11 @@ HTML_SHOWN_AS_TEXT = (
 message). Every tag that Markdown rendering itself never produces is listed, and ``img`` too (a Markdown image
 then shows as its HTML). The few tags Markdown does produce (p, a, div, span, code, table...) stay HTML,
 cleaned by Gradio's sanitizer: nothing in a message ever runs."""
-DOWNLOAD_JS = """(text, name) => {
+DOWNLOAD_JS = """(text, title, extension) => {
+  const now = new Date();
+  const day = [now.getFullYear(), now.getMonth() + 1, now.getDate()].map((n) => String(n).padStart(2, "0"));
+  const base = (title || "").replace(/[\\/:*?"<>|\u0000-\u001f]+/g, "_").trim().slice(0, 60) || "conversation";
+  const name = `${base}-${day.join("-")}.${extension}`;
   const link = document.createElement("a");
   link.href = URL.createObjectURL(new Blob([text], {type: "text/plain;charset=utf-8"}));
   link.download = name;
@@ -50,6 +54,15 @@ DOWNLOAD_JS = """(text, name) => {
   link.click();
   setTimeout(() => { URL.revokeObjectURL(link.href); link.remove(); }, 1000);
 }"""
+
+CONFIRM_DELETE_JS = f"""(store, current) => {{
+  const text = {DELETE_CONFIRM!r};
+  return current && window.confirm(text) ? [store, current] : [store, null];
+}}"""
+CHAT_HEIGHT = "clamp(240px, calc(100dvh - 360px), 620px)"
+"""The chat fills the screen above the message box, a phone's included (the box is visible without scrolling)."""
+INPUT_RESERVE_TOKENS = 256
+"""Context tokens the max_new_tokens slider always leaves for the system prompt and the message."""
 
 STORAGE_KEY = "jslm-chat-conversations"
 STORAGE_SECRET = "jslm-chat"  # Gradio encrypts the stored value with this key. The key is
@@ -63,6 +76,12 @@ def load_examples() -> list[str]:
     """Example prompts: blocks of ``assets/examples_ja.txt`` separated by two blank lines."""
     text = (ASSETS / "examples_ja.txt").read_text(encoding="utf-8")
     return [block.strip() for block in text.split("\n\n\n") if block.strip()]
+
+
+def offered_max_new_tokens(service: ChatService) -> int:
+    """The largest max_new_tokens the UI offers: one that still leaves room for a message."""
+    room = service.backend.context_length - INPUT_RESERVE_TOKENS
+    return max(1, min(service.max_new_tokens_limit, room))
 
 
 def setting_control(spec: Setting, value: Any, max_new_tokens_limit: int) -> gr.components.Component:
@@ -79,13 +98,15 @@ def setting_control(spec: Setting, value: Any, max_new_tokens_limit: int) -> gr.
 
 @dataclass
 class Widgets:
-    """The components that events read and update."""
+    """The components that events read and update, and the lists of them that events share."""
 
     chatbot: gr.Chatbot
     textbox: gr.Textbox
     send: gr.Button
+    stop: gr.Button
     status: gr.Markdown
     generating: gr.State
+    pending: gr.State
     controls: list[Any]
     buttons: dict[str, gr.Button]
     store: gr.BrowserState
@@ -94,14 +115,24 @@ class Widgets:
     title: gr.Textbox
 
     @property
+    def sending(self) -> list[Any]:
+        """The sending state: the flag, Send, and Stop in Send's place."""
+        return [self.generating, self.send, self.stop]
+
+    @property
     def panel(self) -> list[Any]:
         """What every side-panel event updates: stored value, open conversation, list, title."""
         return [self.store, self.current, self.listing, self.title]
 
     @property
     def emptied(self) -> list[Any]:
-        """What starting an empty conversation resets: chat, status, Continue, the sending flag."""
-        return [self.chatbot, self.status, self.buttons["continue"], self.generating, self.send]
+        """What starting an empty conversation resets: chat, status, Continue, the sending state."""
+        return [self.chatbot, self.status, self.buttons["continue"], *self.sending]
+
+    @property
+    def saved(self) -> list[Any]:
+        """What saving the open conversation reads: stored value, its id, the chat, its settings."""
+        return [self.store, self.current, self.chatbot, *self.controls]
 
 
 def build_ui(service: ChatService, *, demo_mode: bool = False, feedback: FeedbackLog | None = None) -> gr.Blocks:
@@ -109,14 +140,15 @@ def build_ui(service: ChatService, *, demo_mode: bool = False, feedback: Feedbac
     votes, and the ``/chat``, ``/prompt`` API."""
     handlers = ChatHandlers(service, feedback)
     backend = service.backend
+    votes = feedback is not None
     with gr.Blocks(title="日本語 StableLM チャット / Japanese StableLM Chat") as app:
         store = gr.BrowserState(empty_store(), storage_key=STORAGE_KEY, secret=STORAGE_SECRET)
         current = gr.State(None)
-        listing, title, side_buttons = _sidebar()
+        listing, title, side_buttons = _sidebar(votes)
         logo = (ASSETS / "logo.svg").read_text(encoding="utf-8")
-        model_name = backend.preset.display_name
         gr.HTML(
-            header_html(model_name, backend.runs_on, backend.context_length, logo, demo_mode), elem_id="jslm-header"
+            header_html(backend.preset.display_name, backend.runs_on, backend.context_length, logo, demo_mode),
+            elem_id="jslm-header",
         )
         if demo_mode:
             gr.Markdown(i18n("jslm_demo_banner"), elem_id="jslm-demo-banner", elem_classes=["jslm-banner"])
@@ -124,16 +156,16 @@ def build_ui(service: ChatService, *, demo_mode: bool = False, feedback: Feedbac
             label="会話 / Chat",
             show_label=False,
             elem_id="jslm-chatbot",
-            height=520,
+            height=CHAT_HEIGHT,
             buttons=["copy", "copy_all"],
             placeholder=i18n("jslm_chat_placeholder"),
             layout="bubble",
             editable="user",
             latex_delimiters=LATEX_DELIMITERS,
             allow_tags=list(HTML_SHOWN_AS_TEXT),
-            feedback_options=("Like", "Dislike") if feedback else None,
+            feedback_options=("Like", "Dislike") if votes else None,
         )
-        with gr.Row(equal_height=True):
+        with gr.Row(equal_height=True, elem_id="jslm-input-row"):
             textbox = gr.Textbox(
                 label=i18n("jslm_message"),
                 show_label=False,
@@ -145,22 +177,28 @@ def build_ui(service: ChatService, *, demo_mode: bool = False, feedback: Feedbac
                 elem_id="jslm-input",
             )
             send = gr.Button(i18n("jslm_send"), variant="primary", scale=1, min_width=90, elem_id="jslm-send")
+            stop = gr.Button(
+                i18n("jslm_stop"), variant="stop", scale=1, min_width=90, visible=False, elem_id="jslm-stop"
+            )
+        gr.Markdown(i18n("jslm_disclaimer_votes" if votes else "jslm_disclaimer"), elem_id="jslm-disclaimer")
         with gr.Row(elem_id="jslm-actions"):  # one row, phones included
-            action = {"size": "sm", "min_width": 64}
             buttons = {
-                name: gr.Button(i18n("jslm_" + name), variant=variant, elem_id="jslm-" + name, **action)
-                for name, variant in ACTIONS.items()
+                name: gr.Button(i18n("jslm_" + name), size="sm", min_width=64, elem_id="jslm-" + name)
+                for name in ACTIONS
             }
         buttons["continue"] = gr.Button(i18n("jslm_continue"), visible=False, size="sm", elem_id="jslm-continue")
         status = gr.Markdown("", elem_id="jslm-status")
         comment = gr.Textbox(
-            label=i18n("jslm_feedback_comment"), visible=feedback is not None, max_length=2000, elem_id="jslm-comment"
+            label=i18n("jslm_feedback_comment"),
+            info=i18n("jslm_vote_note"),
+            visible=votes,
+            max_length=2000,
+            elem_id="jslm-comment",
         )
         with gr.Accordion(i18n("jslm_settings"), open=False, elem_id="jslm-settings"):
             defaults = backend.preset.default_settings()
-            controls = [
-                setting_control(spec, defaults[spec.name], service.max_new_tokens_limit) for spec in SHOWN_SETTINGS
-            ]
+            offered = offered_max_new_tokens(service)
+            controls = [setting_control(spec, defaults[spec.name], offered) for spec in SHOWN_SETTINGS]
             buttons["reset"] = gr.Button(i18n("jslm_reset"), size="sm")
         gr.Examples(load_examples(), inputs=[textbox], label=i18n("jslm_examples"), cache_examples=False)
         with gr.Row():
@@ -168,20 +206,22 @@ def build_ui(service: ChatService, *, demo_mode: bool = False, feedback: Feedbac
             export_markdown = gr.Button(i18n("jslm_export_markdown"), size="sm", elem_id="jslm-export-md")
             exported = gr.Textbox(visible="hidden", elem_id="jslm-exported")
         buttons.update(side_buttons)
-        generating = gr.State(False)
-        widgets = Widgets(chatbot, textbox, send, status, generating, controls, buttons, store, current, listing, title)
-        conversations = ConversationHandlers(service)
+        generating, todo = gr.State(False), gr.State(None)
+        widgets = Widgets(
+            chatbot, textbox, send, stop, status, generating, todo, controls, buttons, store, current, listing, title
+        )
+        conversations = ConversationHandlers(service, len(widgets.controls), len(widgets.emptied))
         reply_events = _wire(handlers, conversations, widgets)
         _wire_conversations(app, conversations, widgets, reply_events)
-        _wire_extras(handlers, chatbot, controls, comment, (export_json, export_markdown, exported))
+        _wire_extras(handlers, widgets, comment, (export_json, export_markdown, exported))
         register_api(service)
     return app
 
 
-ACTIONS: dict[str, Any] = {"stop": "stop", "retry": "secondary", "undo": "secondary", "clear": "secondary"}
+ACTIONS = ("retry", "undo", "clear")
 
 
-def _sidebar() -> tuple[gr.Radio, gr.Textbox, dict[str, gr.Button]]:
+def _sidebar(votes: bool) -> tuple[gr.Radio, gr.Textbox, dict[str, gr.Button]]:
     """The side panel: new chat, this browser's conversations, rename and delete."""
     with gr.Sidebar(label=i18n("jslm_conversations"), elem_id="jslm-sidebar", width=280):
         new_chat = gr.Button(i18n("jslm_new_chat"), variant="primary", size="sm", elem_id="jslm-new-chat")
@@ -190,7 +230,7 @@ def _sidebar() -> tuple[gr.Radio, gr.Textbox, dict[str, gr.Button]]:
         with gr.Row():
             rename = gr.Button(i18n("jslm_rename"), size="sm", min_width=64, elem_id="jslm-rename")
             delete = gr.Button(i18n("jslm_delete"), size="sm", min_width=64, variant="stop", elem_id="jslm-delete")
-        gr.Markdown(i18n("jslm_saved_note"), elem_id="jslm-saved-note")
+        gr.Markdown(i18n("jslm_saved_note_votes" if votes else "jslm_saved_note"), elem_id="jslm-saved-note")
     return listing, title, {"new_chat": new_chat, "rename": rename, "delete": delete}
 
 
@@ -203,41 +243,38 @@ def _wire(handlers: ChatHandlers, conversations: ConversationHandlers, w: Widget
     Returns the reply events (which Clear, Undo, edit and the side panel cancel).
     """
     streamed = [w.chatbot, w.textbox, w.status, w.buttons["continue"]]
-    allow_sending = [w.generating, w.send]
-    saving = ([w.store, w.current, w.chatbot, *w.controls], w.panel)
+    saving = (w.saved, w.panel)
 
     def then(event: Any, reply: Any) -> Any:
-        """Save, then generate after ``event`` succeeded; when done (or failed), allow sending and save."""
-        reply_event = event.success(conversations.save, *saving, **INSTANT).then(
+        """Save, then answer what ``event`` left pending; when done (or refused), allow sending and save."""
+        reply_event = event.then(conversations.save, *saving, **INSTANT).then(
             reply,
-            [w.chatbot, *w.controls],
+            [w.chatbot, w.pending, *w.controls],
             streamed,
             concurrency_limit=None,  # ChatService's admission decides who generates when
             api_visibility="private",
             show_progress="minimal",
         )
-        reply_event.then(handlers.finish, None, allow_sending, **INSTANT).then(conversations.save, *saving, **INSTANT)
+        reply_event.then(handlers.finish, None, w.sending, **INSTANT).then(conversations.save, *saving, **INSTANT)
         return reply_event
 
-    submitted = ([w.textbox, w.chatbot, w.generating], [w.textbox, w.chatbot, *allow_sending])
-    retried = ([w.chatbot, w.generating], [w.chatbot, *allow_sending])
+    submitted = ([w.textbox, w.chatbot, w.generating], [w.textbox, w.chatbot, *w.sending, w.pending])
+    retried = ([w.chatbot, w.generating], [w.chatbot, *w.sending, w.pending])
+    continued = ([w.chatbot, w.generating], [*w.sending, w.pending])
     reply_events = [
         then(w.textbox.submit(handlers.submit, *submitted, **INSTANT), handlers.respond),
         then(w.send.click(handlers.submit, *submitted, **INSTANT), handlers.respond),
         then(w.buttons["retry"].click(handlers.retry, *retried, **INSTANT), handlers.respond),
-        then(
-            w.buttons["continue"].click(handlers.start_continue, [w.chatbot, w.generating], allow_sending, **INSTANT),
-            handlers.continue_reply,
-        ),
+        then(w.buttons["continue"].click(handlers.start_continue, *continued, **INSTANT), handlers.continue_reply),
     ]
     w.chatbot.edit(None, None, None, cancels=list(reply_events), **INSTANT)  # the edited reply's updates stop
-    edited = w.chatbot.edit(handlers.edit, [w.chatbot], [w.chatbot, *allow_sending], **INSTANT)
+    edited = w.chatbot.edit(handlers.edit, [w.chatbot], [w.chatbot, *w.sending, w.pending], **INSTANT)
     reply_events.append(then(edited, handlers.respond))
-    w.buttons["stop"].click(handlers.stop, None, None, **INSTANT)
+    w.stop.click(handlers.stop, None, None, **INSTANT)
     undone = w.buttons["undo"].click(
-        handlers.undo, [w.chatbot], [w.chatbot, w.textbox], cancels=reply_events, **INSTANT
+        handlers.undo, [w.chatbot], [w.chatbot, w.textbox, w.status], cancels=reply_events, **INSTANT
     )
-    undone.then(handlers.finish, None, allow_sending, **INSTANT).then(conversations.save, *saving, **INSTANT)
+    undone.then(handlers.finish, None, w.sending, **INSTANT).then(conversations.save, *saving, **INSTANT)
     w.buttons["reset"].click(handlers.default_settings, None, w.controls, **INSTANT)
     return reply_events
 
@@ -249,12 +286,11 @@ def _wire_conversations(
     app.load(conversations.load, [w.store], [*w.panel, w.chatbot, *w.controls], api_visibility="private").then(
         None, js="() => { document.body.dataset.jslmRestored = 'true'; }", **INSTANT
     )  # a mark that the page's own state is in place (the browser tests wait for it)
-    leaving = [w.store, w.current, w.chatbot, *w.controls]
     for starting in (w.buttons["new_chat"].click, w.buttons["clear"].click, w.chatbot.clear):
-        starting(conversations.new_chat, leaving, [*w.panel, *w.emptied], cancels=reply_events, **INSTANT)
+        starting(conversations.new_chat, w.saved, [*w.panel, *w.emptied], cancels=reply_events, **INSTANT)
     w.listing.input(
         conversations.open,
-        [w.store, w.listing, *leaving[1:]],
+        [w.listing, *w.saved],
         [*w.panel, *w.emptied, *w.controls],
         cancels=reply_events,
         **INSTANT,
@@ -262,31 +298,35 @@ def _wire_conversations(
     for renaming in (w.buttons["rename"].click, w.title.submit):
         renaming(conversations.rename, [w.store, w.current, w.title], [w.store, w.listing, w.title], **INSTANT)
     w.buttons["delete"].click(
-        conversations.delete, [w.store, w.current], [*w.panel, *w.emptied], cancels=reply_events, **INSTANT
+        conversations.delete,
+        [w.store, w.current],
+        [*w.panel, *w.emptied],
+        js=CONFIRM_DELETE_JS,
+        cancels=reply_events,
+        **INSTANT,
     )
     changed = [control.release if isinstance(control, gr.Slider) else control.blur for control in w.controls]
-    gr.on(changed, conversations.save, leaving, w.panel, **INSTANT)
+    gr.on(changed, conversations.save, w.saved, w.panel, **INSTANT)
 
 
 def _wire_extras(
-    handlers: ChatHandlers,
-    chatbot: gr.Chatbot,
-    controls: list[Any],
-    comment: gr.Textbox,
-    exports: tuple[gr.Button, gr.Button, gr.Textbox],
+    handlers: ChatHandlers, w: Widgets, comment: gr.Textbox, exports: tuple[gr.Button, gr.Button, gr.Textbox]
 ) -> None:
     """Downloads (made in the browser from text: no file is written on the server) and votes."""
-    instant = INSTANT
     export_json, export_markdown, exported = exports
-    for button, make, name in (
-        (export_json, handlers.export_json, "conversation.json"),
-        (export_markdown, handlers.export_markdown, "conversation.md"),
+    for button, make, extension in (
+        (export_json, handlers.export_json, "json"),
+        (export_markdown, handlers.export_markdown, "md"),
     ):
-        button.click(make, [chatbot, *controls], exported, **instant).success(
-            None, [exported], None, js=f"(text) => ({DOWNLOAD_JS})(text, {name!r})", **instant
+        button.click(make, [w.chatbot, *w.controls], exported, **INSTANT).success(
+            None,
+            [exported, w.title],
+            None,
+            js=f"(text, title) => ({DOWNLOAD_JS})(text, title, {extension!r})",
+            **INSTANT,
         )
     if handlers.feedback is not None:
-        chatbot.like(handlers.vote, [chatbot, comment, *controls], comment, **instant)
+        w.chatbot.like(handlers.vote, [w.chatbot, comment, *w.controls], comment, **INSTANT)
 
 
 GRADIO_QUEUE_SIZE = 1024  # events waiting for a worker thread; replies wait in ChatService's own line

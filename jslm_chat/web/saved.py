@@ -1,6 +1,7 @@
 """Conversations saved in the browser (local storage through ``gr.BrowserState``), never on the server.
 
-The stored value is ``{"version": 1, "conversations": [...]}``, newest first; each conversation is
+The stored value is ``{"version": 1, "conversations": [...], "open": id}``, newest first (``open``: the
+conversation the browser had open, reopened on reload); each conversation is
 ``{"id", "title", "updated", "messages", "settings"}`` with plain ``{role, content}`` messages and
 the settings of :data:`~jslm_chat.model.params.SHOWN_SETTINGS` by name. What comes back from a browser
 is checked like API history (:func:`~jslm_chat.chat.history.history_to_turns`): a malformed
@@ -66,7 +67,7 @@ class Restored:
 
 def empty_store() -> dict[str, Any]:
     """The value of a browser that has saved nothing yet."""
-    return {"version": STORE_VERSION, "conversations": []}
+    return {"version": STORE_VERSION, "conversations": [], "open": None}
 
 
 def new_id() -> str:
@@ -168,9 +169,21 @@ def bounded(conversations: Sequence[SavedConversation]) -> list[SavedConversatio
     return kept
 
 
-def store_value(conversations: Sequence[SavedConversation]) -> dict[str, Any]:
-    """The value to store in the browser (bounded)."""
-    return {"version": STORE_VERSION, "conversations": [item.as_json() for item in bounded(conversations)]}
+def store_value(conversations: Sequence[SavedConversation], current: str | None = None) -> dict[str, Any]:
+    """The value to store in the browser (bounded), with the open conversation's id (None: a new chat)."""
+    kept = [item.as_json() for item in bounded(conversations)]
+    return {"version": STORE_VERSION, "conversations": kept, "open": current}
+
+
+OLDER_STORE = object()  # a stored value written before the open conversation was stored
+
+
+def open_id(raw: object, conversations: Sequence[SavedConversation]) -> str | None:
+    """The conversation the browser had open (a stored value without one: the newest; a new chat: None)."""
+    wanted = raw.get("open", OLDER_STORE) if isinstance(raw, Mapping) else OLDER_STORE
+    if wanted is OLDER_STORE:
+        return conversations[0].id if conversations else None
+    return wanted if any(item.id == wanted for item in conversations) else None
 
 
 def with_saved(
@@ -181,13 +194,13 @@ def with_saved(
 ) -> tuple[list[SavedConversation], str | None]:
     """The list with the conversation ``ident`` (a new one if None) holding ``history`` and ``settings``.
 
-    A new conversation with no messages is not saved (the id stays None). An unchanged conversation
+    A conversation with no messages is not kept (the id becomes None). An unchanged conversation
     keeps its place; a changed one moves to the top. Raises :class:`ChatInputError` for a malformed history.
     """
     messages = display_messages(history)
     existing = next((item for item in conversations if item.id == ident), None)
-    if existing is None and not messages:
-        return list(conversations), None
+    if not messages:  # nothing worth keeping (a refused first message, every turn undone)
+        return without(conversations, ident), None
     if existing is not None and existing.messages == messages and dict(existing.settings) == dict(settings):
         return list(conversations), ident
     if existing is None:

@@ -15,9 +15,17 @@ import gradio as gr
 
 from jslm_chat.chat.history import ChatInputError
 from jslm_chat.chat.service import ChatService, log_user_error
-from jslm_chat.model.params import SHOWN_SETTINGS
-from jslm_chat.web.chat_events import History, control_values, sending_allowed, settings_by_name
-from jslm_chat.web.saved import SavedConversation, checked_settings, renamed, restore, store_value, with_saved, without
+from jslm_chat.web.event_common import History, control_values, sending_allowed, settings_by_name, skipped
+from jslm_chat.web.saved import (
+    SavedConversation,
+    checked_settings,
+    open_id,
+    renamed,
+    restore,
+    store_value,
+    with_saved,
+    without,
+)
 from jslm_chat.web.text import dropped_saved_notice
 
 
@@ -33,15 +41,19 @@ def title_of(conversations: Sequence[SavedConversation], current: str | None) ->
 
 def panel(conversations: Sequence[SavedConversation], current: str | None) -> tuple[Any, ...]:
     """(stored value, open conversation's id, list, title): what every side-panel event updates."""
-    return store_value(conversations), current, listing(conversations, current), title_of(conversations, current)
+    shown = listing(conversations, current)
+    return store_value(conversations, current), current, shown, title_of(conversations, current)
 
 
 class ConversationHandlers:
     """Saved-conversation events for one chat service; the stored value travels with each event."""
 
-    def __init__(self, service: ChatService) -> None:
+    def __init__(self, service: ChatService, settings_shown: int, emptied: int) -> None:
+        """``settings_shown`` and ``emptied`` count the outputs an event leaves alone when it changes nothing."""
         self.service = service
         self.defaults = service.backend.preset.default_settings()
+        self.settings_shown = settings_shown
+        self.emptied = emptied
 
     def conversations(self, store: object) -> list[SavedConversation]:
         """The browser's conversations, checked; warns (once per event) about anything dropped."""
@@ -65,15 +77,15 @@ class ConversationHandlers:
             return conversations, current
 
     def load(self, store: object) -> tuple[Any, ...]:
-        """On page load: the checked store written back, and the newest conversation opened.
+        """On page load: the checked store written back, and the conversation the browser had open.
 
         Returns (store, current id, list, title, chat, *controls).
         """
         conversations = self.conversations(store)
-        if not conversations:  # leave the chat and the settings alone: the user may have started already
-            return *panel([], None), *(gr.skip(),) * (1 + len(SHOWN_SETTINGS))
-        newest = conversations[0]
-        return *panel(conversations, newest.id), list(newest.messages), *control_values(newest.settings)
+        opened = next((item for item in conversations if item.id == open_id(store, conversations)), None)
+        if opened is None:  # leave the chat and the settings alone: the user may have started already
+            return *panel(conversations, None), *skipped(1 + self.settings_shown)
+        return *panel(conversations, opened.id), list(opened.messages), *control_values(opened.settings)
 
     def save(self, store: object, current: str | None, history: History, *values: Any) -> tuple[Any, ...]:
         """Save the open conversation and its settings (a new one gets an id once it has a message).
@@ -85,21 +97,21 @@ class ConversationHandlers:
     def open(
         self,
         request: gr.Request,
-        store: object,
         chosen: str | None,
+        store: object,
         current: str | None,
         history: History,
         *values: Any,
     ) -> tuple[Any, ...]:
         """Stop any reply, save the open conversation, and open ``chosen`` with its settings.
 
-        Returns (store, current id, list, title, chat, status, continue button, generating, send, *controls).
+        Returns (store, current id, list, title, chat, status, continue button, generating, send, stop, *controls).
         """
         self.service.stop(request.session_hash)
         conversations, current = self._saved(store, current, history, values)
         target = next((item for item in conversations if item.id == chosen), None)
         if target is None:  # deleted in the meantime (another tab): stay where we are
-            return *panel(conversations, current), *(gr.skip(),) * (5 + len(values))
+            return *panel(conversations, current), *skipped(self.emptied + self.settings_shown)
         opened = list(target.messages), "", gr.Button(visible=False), *sending_allowed(False)
         return *panel(conversations, target.id), *opened, *control_values(target.settings)
 
@@ -108,7 +120,7 @@ class ConversationHandlers:
     ) -> tuple[Any, ...]:
         """Stop any reply, save the open conversation, and start an empty one (settings kept).
 
-        Returns (store, current id, list, title, chat, status, continue button, generating, send).
+        Returns (store, current id, list, title, chat, status, continue button, generating, send, stop).
         """
         self.service.stop(request.session_hash)
         conversations, _ = self._saved(store, current, history, values)
@@ -128,8 +140,11 @@ class ConversationHandlers:
     def delete(self, request: gr.Request, store: object, current: str | None) -> tuple[Any, ...]:
         """Stop any reply, delete the open conversation from this browser, and start an empty one.
 
-        Returns (store, current id, list, title, chat, status, continue button, generating, send).
+        ``current`` is None when nothing is open or the user did not confirm: then nothing changes.
+        Returns (store, current id, list, title, chat, status, continue button, generating, send, stop).
         """
+        if current is None:
+            return skipped(4 + self.emptied)
         self.service.stop(request.session_hash)
         return *panel(without(self.conversations(store), current), None), *self._emptied()
 

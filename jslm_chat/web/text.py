@@ -18,7 +18,7 @@ from jslm_chat.web.saved import MAX_SAVED_CONVERSATIONS
 JA: dict[str, str] = {
     "jslm_chat_placeholder": "ここに会話が表示されます。下の入力欄からどうぞ。",
     "jslm_message": "メッセージ",
-    "jslm_message_placeholder": "メッセージを入力（Enter で送信、Shift+Enter で改行）",
+    "jslm_message_placeholder": "メッセージを入力",
     "jslm_send": "送信",
     "jslm_stop": "停止",
     "jslm_retry": "再生成",
@@ -42,7 +42,7 @@ JA: dict[str, str] = {
     "jslm_reset": "設定を初期値に戻す",
     "jslm_examples": "例",
     "jslm_continue": "続きを生成",
-    "jslm_feedback_comment": "評価へのコメント（任意。👍/👎 と一緒に送られます）",
+    "jslm_feedback_comment": "評価へのコメント（任意）",
     "jslm_export_json": "JSON で保存",
     "jslm_export_markdown": "Markdown で保存",
     "jslm_new_chat": "新しい会話",
@@ -54,6 +54,15 @@ JA: dict[str, str] = {
         f"会話はこのブラウザの中にだけ保存されます（新しい順に {MAX_SAVED_CONVERSATIONS} 件まで）。"
         "サーバーには残りません。"
     ),
+    "jslm_saved_note_votes": (
+        f"会話はこのブラウザの中に保存されます（新しい順に {MAX_SAVED_CONVERSATIONS} 件まで）。"
+        "ただし 👍/👎 を押すと、その返答までの会話・設定・コメントがサーバーの評価ログに送られます。"
+    ),
+    "jslm_vote_note": "👍/👎 を押すと、その返答までの会話・設定・このコメントがサーバーの評価ログに送られます。",
+    "jslm_disclaimer": "AI の返答は間違っていることがあります。大事な内容は確かめてください。",
+    "jslm_disclaimer_votes": (
+        "AI の返答は間違っていることがあります。👍/👎 を押すと、その会話がサーバーの評価ログに送られます。"
+    ),
     "jslm_demo_banner": (
         "これは動作確認用の小さなデモモデル（数 MB、オフラインで学習）です。"
         "返答の内容に意味はありません。本物のモデルは --demo なしで起動してください。"
@@ -63,7 +72,7 @@ JA: dict[str, str] = {
 EN: dict[str, str] = {
     "jslm_chat_placeholder": "Your conversation appears here. Type below to start.",
     "jslm_message": "Message",
-    "jslm_message_placeholder": "Type a message (Enter to send, Shift+Enter for a new line)",
+    "jslm_message_placeholder": "Type a message",
     "jslm_send": "Send",
     "jslm_stop": "Stop",
     "jslm_retry": "Retry",
@@ -89,7 +98,7 @@ EN: dict[str, str] = {
     "jslm_reset": "Reset settings",
     "jslm_examples": "Examples",
     "jslm_continue": "Continue",
-    "jslm_feedback_comment": "Comment on your rating (optional; sent with 👍/👎)",
+    "jslm_feedback_comment": "Comment on your rating (optional)",
     "jslm_export_json": "Save as JSON",
     "jslm_export_markdown": "Save as Markdown",
     "jslm_new_chat": "New chat",
@@ -100,6 +109,15 @@ EN: dict[str, str] = {
     "jslm_saved_note": (
         f"Conversations are saved in this browser only (the {MAX_SAVED_CONVERSATIONS} newest), never on the server."
     ),
+    "jslm_saved_note_votes": (
+        f"Conversations are saved in this browser (the {MAX_SAVED_CONVERSATIONS} newest). A 👍/👎 sends the"
+        " conversation up to that reply, the settings and the comment to the server's feedback log."
+    ),
+    "jslm_vote_note": (
+        "A 👍/👎 sends the conversation up to that reply, the settings and this comment to the server's feedback log."
+    ),
+    "jslm_disclaimer": "AI replies can be wrong. Check what matters.",
+    "jslm_disclaimer_votes": "AI replies can be wrong. A 👍/👎 sends the conversation to the server's feedback log.",
     "jslm_demo_banner": (
         "This is a tiny demo model (a few MB, trained offline) for trying the app: its replies mean "
         "nothing. Start without --demo to serve the real model."
@@ -124,9 +142,10 @@ def status_line(reply: ReplyStream, context_length: int, finish_reason: str | No
         FINISH_NOTES.get(finish_reason or reply.finish_reason or "", GENERATING),
         f"コンテキスト (context): {used:,} / {context_length:,} トークン",
         f"速度 (speed): {speed:.1f} トークン/秒 (tok/s)" if speed else "速度 (speed): –",
-        f"省略したターン (turns left out): {reply.prompt.dropped_turns}",
         f"シード (seed): {reply.seed}",
     ]
+    if reply.prompt.dropped_turns:
+        parts.insert(-1, f"省略したターン (turns left out): {reply.prompt.dropped_turns}")
     if reply.reused_tokens:
         parts.insert(2, f"再利用 (cached): {reply.reused_tokens:,} トークン")
     return " · ".join(parts)
@@ -142,6 +161,11 @@ NOTHING_TO_SEND = "送信するメッセージがありません / Nothing to se
 NOTHING_TO_RETRY = "再生成する返答がありません / Nothing to retry"
 NOTHING_TO_CONTINUE = "続きを生成する返答がありません / Nothing to continue"
 STARTING = "準備中… (starting)"
+DELETE_CONFIRM = "この会話を削除しますか？ / Delete this conversation?"
+VOTE_RECORDED = (
+    "評価を送りました。ありがとうございます（会話はサーバーの評価ログに記録されました）。"
+    " / Thank you: your rating and the conversation were sent to the server's feedback log."
+)
 
 
 def waiting_line(ahead: int) -> str:
