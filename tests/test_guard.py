@@ -149,9 +149,9 @@ def test_votes_are_checked_rate_bound_and_refer_to_a_received_reply(server):
         assert not log.exists(), "a reply never sent was recorded"
         controls = [*CONTROLS]
         controls[SHOWN_SETTINGS.index(next(s for s in SHOWN_SETTINGS if s.name == "max_new_tokens"))] = 8
-        received = run_queued(
-            http, fn_index(http, "respond"), [browser_history(("user", "こんにちは")), *controls], "s-vote"
-        )[0]
+        sent = {"fn_index": fn_index(http, "submit"), "data": ["こんにちは", [], False], "session_hash": "s-vote"}
+        chat = http.post("/gradio_api/run/predict", json=sent).json()["data"][1]  # as the browser: submit, then reply
+        received = run_queued(http, fn_index(http, "respond"), [chat, None, *controls], "s-vote")[0]
         assert received[-1]["role"] == "assistant"
         assert send_vote(received, "c" * 2_001, "s-vote").json()["data"] == ["c" * 2_001]  # kept in the box
         assert not log.exists(), "a comment over the limit was recorded"
