@@ -195,7 +195,7 @@ def test_out_of_memory_during_generation_is_a_clear_error_and_the_next_request_w
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
     monkeypatch.setattr(demo_engine.model, "generate", out_of_memory)
-    with pytest.raises(AppError, match="GPU のメモリが足りなくなりました") as caught:
+    with pytest.raises(AppError, match="GPU のメモリが足りません") as caught:
         client.predict("こんにちは", [], api_name="/chat", max_new_tokens=8)
     assert "Out of GPU memory" in str(caught.value)
     monkeypatch.undo()
