@@ -435,11 +435,11 @@ def test_enter_that_confirms_an_ime_conversion_does_not_send(page):
     expect(page.locator(USER)).to_have_count(1)
 
 
-@pytest.mark.usefixtures("endless_replies", "paced_generation")  # 1900 tokens now take at least 9.5 s
+@pytest.mark.usefixtures("endless_replies", "paced_generation")  # 1700 tokens take at least 8.5 s
 def test_closing_the_tab_stops_the_generation_on_the_server(browser, app_url):
     own = browser.browser_type.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)  # closed with the tab
     page = open_page(own, app_url)
-    set_max_new_tokens(page, 1900)
+    set_max_new_tokens(page, 1700)
     send(page, "長いお話をしてください。")
     assert wait_until(lambda: bool(generation_threads()), timeout=60)
     closed_at = time.monotonic()

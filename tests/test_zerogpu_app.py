@@ -169,7 +169,7 @@ def test_stop_makes_the_worker_idle_within_seconds(report):
 def test_an_error_in_the_worker_reaches_the_user_in_both_languages_and_the_next_reply_works(report):
     kind, message = report["error"]
     assert kind == "GenerationError"
-    assert "GPU のメモリが足りなくなりました" in message and "Out of GPU memory" in message
+    assert "GPU のメモリが足りません" in message and "Out of GPU memory" in message
     assert report["after_error"] in ("eos", "length")
 
 
