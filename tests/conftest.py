@@ -1,4 +1,4 @@
-"""Shared test setup: never touch the network; share one demo model across the session."""
+"""Shared fixtures: never touch the network; one demo model per session. Plain helpers: ``helpers.py``."""
 
 from __future__ import annotations
 
@@ -9,23 +9,16 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
+from helpers import SAMPLE_JA
 
 if TYPE_CHECKING:
-    from jslm_chat.chat.service import ChatService
     from jslm_chat.model.backend import Backend, Conversation, ReplyStream
     from jslm_chat.model.params import GenerationParams
-
-SAMPLE_JA = (
-    "こんにちは。今日はいい天気ですね。散歩に行きましょう！\n"
-    "「情けは人のためならず」は、人に親切にすると巡り巡って自分に良いことが返ってくる、という意味です。\n"
-    "東京は日本の首都です。京都には古いお寺がたくさんあります。\n"
-    "日本語の文章には、ひらがな・カタカナ・漢字が使われます。\n"
-    "Hello, world! 123 + 456 = 579.\n"
-)
 
 
 def train_llama_tokenizer(directory: Path, text: str, vocab_size: int) -> object:
@@ -98,26 +91,6 @@ def demo_model_path() -> Path:
     return demo_model_dir()
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def launch_app(backend: Backend, **settings: Any) -> tuple[Any, str, ChatService]:
-    """The app as ``app.py`` serves it, on a free local port, without blocking: (app, url, service)."""
-    from jslm_chat.server import create_app, launch
-    from jslm_chat.settings import Settings
-
-    chosen = Settings(**{"demo": True, "host": "127.0.0.1", "port": free_port(), **settings})
-    app, service = create_app(chosen, backend=backend)
-    _, url, _ = launch(app, service, chosen, block=False)
-    return app, url, service
-
-
 @pytest.fixture(scope="session")
 def demo_engine(demo_model_path: Path) -> object:
     """The offline demo model, loaded exactly as ``python app.py --demo`` loads it."""
@@ -144,52 +117,17 @@ def endless_replies(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def paced_generation(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each decoding step takes at least 5 ms, as on real hardware, so streaming tests do not depend
-    on how fast this machine runs the tiny models (a fast model can finish before a reader wakes)."""
+def paced_generation() -> Iterator[None]:
+    """Each forward pass of a causal LM takes at least 5 ms, as on real hardware, so streaming tests do not
+    depend on how fast this machine runs the tiny models (a fast model can finish before a reader wakes)."""
     import time
 
-    from jslm_chat.backends.inprocess import generation
+    from torch.nn.modules.module import register_module_forward_pre_hook
 
-    step = generation._StopAndCount.__call__
+    def pace(module: object, args: object) -> None:
+        if type(module).__name__.endswith("ForCausalLM"):
+            time.sleep(0.005)
 
-    def paced_step(self: object, *args: object, **kwargs: object) -> object:
-        time.sleep(0.005)
-        return step(self, *args, **kwargs)
-
-    monkeypatch.setattr(generation._StopAndCount, "__call__", paced_step)
-
-
-def greedy(max_new_tokens: int = 24, *, ignore_eos: bool = True) -> GenerationParams:
-    """Greedy decoding; replies run to their full length (EOS ignored) so that there is text to compare."""
-    from jslm_chat.model.params import GenerationParams
-
-    return GenerationParams(max_new_tokens, 0.0, 1.0, 0, 1.0, 0, ignore_eos=ignore_eos)
-
-
-def answer(backend: Backend, conversation: Conversation, params: GenerationParams | None = None) -> ReplyStream:
-    """The finished reply of ``backend`` to ``conversation``."""
-    reply = backend.stream(conversation, params or greedy())
-    for _ in reply:
-        pass
-    assert reply.finish_reason in ("eos", "length")
-    return reply
-
-
-def generation_threads() -> list[object]:
-    """Generation threads still alive in this process."""
-    import threading
-
-    return [thread for thread in threading.enumerate() if thread.name == "jslm-generate" and thread.is_alive()]
-
-
-def wait_until(condition: object, timeout: float, interval: float = 0.02) -> bool:
-    """Poll ``condition()`` until it is true or ``timeout`` seconds pass; return its last value."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return bool(condition())
+    handle = register_module_forward_pre_hook(pace)
+    yield
+    handle.remove()

@@ -7,9 +7,9 @@ import time
 
 import pytest
 import torch
-from conftest import generation_threads, launch_app, wait_until
 from gradio_client import Client
 from gradio_client.exceptions import AppError
+from helpers import generation_threads, launch_app, wait_until
 
 SYSTEM = "あなたは役立つアシスタントです。"
 TWO_TURNS = [

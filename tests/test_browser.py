@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import generation_threads, launch_app, wait_until
+from helpers import generation_threads, launch_app, wait_until
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from jslm_chat.web.layout import STORAGE_KEY, STORAGE_SECRET

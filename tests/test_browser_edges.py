@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import wait_until
+from helpers import wait_until
 from playwright.sync_api import expect
 from test_browser import (  # noqa: F401  (app_url and browser are fixtures)
     BOT,

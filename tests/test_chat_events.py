@@ -12,7 +12,7 @@ from typing import Any
 
 import gradio as gr
 import pytest
-from conftest import generation_threads, wait_until
+from helpers import generation_threads, wait_until
 
 from jslm_chat.chat.service import ChatService
 from jslm_chat.model.params import SHOWN_SETTINGS

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import answer, greedy
+from helpers import answer, greedy
 from transformers import StaticCache
 
 from jslm_chat.backends.inprocess.generation import loaded_model

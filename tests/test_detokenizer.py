@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import SAMPLE_JA
+from helpers import SAMPLE_JA
 
 from jslm_chat.model.detokenizer import IncrementalDetokenizer
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib.machinery
 
 import pytest
-from conftest import launch_app
 from gradio_client import Client
+from helpers import launch_app
 
 
 @pytest.mark.usefixtures("endless_replies", "paced_generation")

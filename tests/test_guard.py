@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import launch_app, wait_until
+from helpers import launch_app, wait_until
 
 from jslm_chat.model.params import SHOWN_SETTINGS
 from jslm_chat.model.presets import PRESETS

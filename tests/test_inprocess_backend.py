@@ -7,7 +7,7 @@ import time
 
 import pytest
 import torch
-from conftest import generation_threads
+from helpers import generation_threads
 
 from jslm_chat.backends.inprocess import generation
 from jslm_chat.backends.inprocess.backend import InProcessReply

@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from conftest import generation_threads, launch_app, wait_until
 from gradio_client import Client
+from helpers import generation_threads, launch_app, wait_until
 from langchain_openai import ChatOpenAI
 
 SYSTEM = "丁寧に答えてください。"

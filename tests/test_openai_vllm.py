@@ -7,8 +7,8 @@ from __future__ import annotations
 import openai
 import pytest
 import vllm_server as servers
-from conftest import launch_app, wait_until
 from gradio_client import Client
+from helpers import launch_app, wait_until
 
 from jslm_chat.backends.vllm import VllmBackend
 from jslm_chat.server import load_for

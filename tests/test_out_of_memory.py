@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import answer, greedy
+from helpers import answer, greedy
 
 from jslm_chat.backends.inprocess.generation import loaded_model
 from jslm_chat.backends.inprocess.loading import load_inprocess_backend

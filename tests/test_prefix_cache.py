@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import answer, greedy
+from helpers import answer, greedy
 from transformers import DynamicCache
 
 from jslm_chat.backends.inprocess.generation import loaded_model

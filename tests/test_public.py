@@ -13,9 +13,9 @@ import time
 
 import httpx
 import pytest
-from conftest import generation_threads, launch_app, wait_until
 from gradio_client import Client
 from gradio_client.exceptions import AppError
+from helpers import generation_threads, launch_app, wait_until
 
 LONG_HISTORY = [
     message

@@ -7,8 +7,8 @@ import itertools
 
 import httpx
 import pytest
-from conftest import generation_threads, launch_app, wait_until
 from gradio_client import Client
+from helpers import generation_threads, launch_app, wait_until
 
 from jslm_chat.model.backend import Backend
 from jslm_chat.server import load_for

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import generation_threads
+from helpers import generation_threads
 
 from jslm_chat.backends.inprocess.loading import load_inprocess_backend
 from jslm_chat.chat.history import MAX_HISTORY_MESSAGES, ChatInputError, content_text, history_to_turns

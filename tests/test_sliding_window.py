@@ -4,7 +4,7 @@ past the window too, and reuses a kept cache only where its sliding layers still
 from __future__ import annotations
 
 import pytest
-from conftest import answer, greedy
+from helpers import answer, greedy
 
 from jslm_chat.backends.inprocess.loading import load_inprocess_backend
 from jslm_chat.model.backend import Conversation

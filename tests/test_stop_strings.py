@@ -7,7 +7,7 @@ import dataclasses
 from collections.abc import Iterator
 
 import pytest
-from conftest import answer, greedy
+from helpers import answer, greedy
 
 from jslm_chat.model.backend import Conversation, ReplyStream
 from jslm_chat.model.params import GenerationParams, InvalidParameterError

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 import vllm_server as servers
-from conftest import generation_threads, launch_app, wait_until
 from gradio_client import Client
+from helpers import generation_threads, launch_app, wait_until
 
 from jslm_chat.backends.vllm import VllmBackend
 from jslm_chat.server import load_for

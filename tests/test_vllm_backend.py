@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import vllm_server as servers
-from conftest import wait_until
+from helpers import wait_until
 from vllm_server import VllmServer, free_port
 
 from jslm_chat.backends.vllm import BackendUnavailableError, VllmBackend, VllmReply

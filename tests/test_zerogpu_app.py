@@ -126,7 +126,7 @@ print("SIM-REPORT " + json.dumps(report, ensure_ascii=False), flush=True)
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from conftest import free_port
+    from helpers import free_port
 
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
     result = subprocess.run(
