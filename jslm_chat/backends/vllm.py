@@ -153,7 +153,11 @@ class VllmBackend(Backend):
         return f"vLLM ({self.endpoint.url})"
 
     def metric(self, *names: str, timeout: float = 5.0) -> float:
-        """The sum of every sample of the ``/metrics`` series ``names`` (all labels), read once."""
+        """The sum of every sample of the ``/metrics`` series ``names`` (all labels), read once.
+
+        The app itself never reads it: tests and benchmarks observe the server through the backend's own
+        connection (its address, timeouts and errors), so it stays here rather than in a second HTTP client.
+        """
         status, body = self.endpoint.get("/metrics", timeout)
         if status != 200:
             raise OSError(f"GET /metrics answered HTTP {status}")
