@@ -100,7 +100,7 @@ def launch(
         logger.info(
             "Spaces では --share は不要です（Space の URL をそのまま共有できます） / --share is ignored on Spaces"
         )
-    options = launch_options(service)
+    options = launch_options()
     fastapi_app, local_url, share_url = app.launch(
         server_name=settings.host,
         server_port=settings.port,

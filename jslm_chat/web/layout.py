@@ -19,8 +19,6 @@ from jslm_chat.web.saved_events import ConversationHandlers
 from jslm_chat.web.text import DELETE_CONFIRM, TRANSLATIONS, header_html
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
-THREADS_BESIDES_GENERATION = 16  # Gradio worker threads for quick events and the API's /prompt
-GRADIO_DEFAULT_THREADS = 40
 LATEX_DELIMITERS = [
     {"left": "$$", "right": "$$", "display": True},
     {"left": "\\[", "right": "\\]", "display": True},
@@ -340,9 +338,12 @@ def configure_queue(app: gr.Blocks) -> gr.Blocks:
     return gradio_overheads.trim(app.queue(default_concurrency_limit=None, max_size=GRADIO_QUEUE_SIZE))
 
 
-def launch_options(service: ChatService) -> dict[str, Any]:
-    """Theme, CSS, script, translations, favicon and worker threads for ``Blocks.launch``."""
-    admission = service.admission
+def launch_options() -> dict[str, Any]:
+    """Theme, CSS, script, translations and favicon for ``Blocks.launch``.
+
+    Gradio's default 40 worker threads are enough: replies (UI and API) are async and wait or stream in
+    the relay's own thread, so only quick events and ``/prompt`` take a worker.
+    """
     return {
         "theme": gr.themes.Soft(
             primary_hue="indigo",
@@ -353,8 +354,4 @@ def launch_options(service: ChatService) -> dict[str, Any]:
         "js": (ASSETS / "app.js").read_text(encoding="utf-8"),
         "i18n": i18n,
         "favicon_path": str(ASSETS / "favicon.svg"),
-        # Every running or waiting reply holds a worker thread; never fewer than Gradio's default.
-        "max_threads": max(
-            GRADIO_DEFAULT_THREADS, admission.slots + admission.max_waiting + THREADS_BESIDES_GENERATION
-        ),
     }
