@@ -110,7 +110,7 @@ def launch(
         auth=list(settings.auth) or None,
         app_kwargs={
             "routes": api_routes(service, settings),
-            **guard.app_kwargs(behind_proxy=settings.behind_proxy, favicon=options.get("favicon_path")),
+            **guard.app_kwargs(behind_proxy=settings.behind_proxy, favicon=options.get("favicon_path"), blocks=app),
         },
         state_session_capacity=SESSIONS_KEPT,
         quiet=not share,  # Gradio's own lines would tell the user to "set share=True in launch()"

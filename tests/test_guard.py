@@ -133,6 +133,19 @@ def test_no_request_writes_more_than_about_a_kilobyte_to_the_log(server, capfd):
     assert len(logged) < 2 * 2_000, logged[:3000]  # two requests, each at most about a kilobyte
 
 
+def test_unreadable_event_data_for_a_vote_or_an_edit_is_a_422_not_a_500(server):
+    url, _, _ = server
+    with client_at(url, "127.0.0.8") as http:
+        answers = [
+            http.post(path, json={"fn_index": fn_index(http, name), "data": data, "event_data": event})
+            for path in ("/gradio_api/run/predict", "/gradio_api/queue/join")
+            for name, data in (("vote", [[], "", *CONTROLS]), ("edit", [[]]))
+            for event in (None, {"x": 1}, {"index": 0})
+        ]
+    assert [answer.status_code for answer in answers] == [422] * len(answers)
+    assert all("読み取れません" in answer.json()["error"] for answer in answers)
+
+
 def test_votes_are_checked_rate_bound_and_refer_to_a_received_reply(server):
     url, _, log = server
     with client_at(url, "127.0.0.4") as http:

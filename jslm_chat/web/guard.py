@@ -11,11 +11,14 @@ One ASGI middleware, installed on Gradio's FastAPI app before the server starts
   sent without a length is read here first, up to the limit);
 - answers ``/pwa_icon`` with the favicon (Gradio's own route fails on an SVG icon);
 - brakes password guessing (:class:`~jslm_chat.web.login_brake.LoginBrake`);
-- under ``--auth``, leaves the API description out of the login page.
+- under ``--auth``, leaves the API description out of the login page;
+- refuses a UI event whose event data Gradio could not read (a 👍/👎 or an edit without its index
+  and values) with 422, instead of letting Gradio fail with a 500.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -36,7 +39,12 @@ ICON_PATH = "/pwa_icon"
 API_INFO = re.compile(rb"window\.gradio_api_info = .*?;</script>", re.DOTALL)
 NO_API_INFO = b"window.gradio_api_info = null;</script>"
 
+EVENT_PATHS = ("/gradio_api/run/predict", "/gradio_api/queue/join", "/run/predict", "/queue/join")
+EVENT_DATA_KEYS = {"like": ("index", "value"), "edit": ("index", "value", "previous_value")}
+"""What Gradio reads from an event's data to build ``LikeData`` / ``EditData`` for its handler."""
+
 UPLOAD_REFUSED = "このサーバーはファイルを受け付けません。 / This server does not accept file uploads."
+BAD_EVENT_DATA = "イベントのデータが読み取れません。 / The event's data cannot be read."
 TOO_LARGE = (
     f"リクエストが大きすぎます（{MAX_BODY_BYTES // 1024 // 1024} MB まで）。"
     f" / The request is too large: at most {MAX_BODY_BYTES // 1024 // 1024} MB."
@@ -46,8 +54,16 @@ TOO_LARGE = (
 class Guard:
     """The middleware (see the module docstring)."""
 
-    def __init__(self, app: ASGIApp, *, behind_proxy: bool = False, favicon: str | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        behind_proxy: bool = False,
+        favicon: str | None = None,
+        event_data: dict[int, tuple[str, ...]] | None = None,
+    ) -> None:
         self.app = app
+        self.event_data = event_data or {}  # fn index -> the event data keys its handler needs
         self.behind_proxy = behind_proxy
         self.favicon = favicon
         self.brake = LoginBrake()
@@ -67,7 +83,13 @@ class Guard:
         if path in UPLOAD_PATHS:
             await json_response(send, 403, UPLOAD_REFUSED)
             return
-        if length is None and method in ("POST", "PUT", "PATCH"):
+        if method == "POST" and path in EVENT_PATHS and self.event_data:
+            body = await read_body(receive, MAX_BODY_BYTES)
+            length, receive = (MAX_BODY_BYTES + 1, receive) if body is None else (len(body), replaying(body, receive))
+            if body is not None and not self._readable_event(body):
+                await json_response(send, 422, BAD_EVENT_DATA)
+                return
+        elif length is None and method in ("POST", "PUT", "PATCH"):
             body = await read_body(receive, MAX_BODY_BYTES)
             length, receive = (MAX_BODY_BYTES + 1, receive) if body is None else (len(body), replaying(body, receive))
         if (length or 0) > MAX_BODY_BYTES:
@@ -80,6 +102,16 @@ class Guard:
             await self.app(scope, receive, _without_api_info_before_login(send))
         else:
             await self.app(scope, receive, send)
+
+    def _readable_event(self, body: bytes) -> bool:
+        """Whether a UI event's request carries the event data its handler needs (or needs none)."""
+        try:
+            request = json.loads(body)
+        except ValueError:
+            return True  # Gradio answers malformed JSON itself
+        needed = self.event_data.get(request.get("fn_index")) if isinstance(request, dict) else None
+        data = request.get("event_data") if needed else None
+        return not needed or (isinstance(data, dict) and all(key in data for key in needed))
 
     async def _icon(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.favicon is None:
@@ -124,6 +156,18 @@ def _without_api_info_before_login(send: Send) -> Send:
     return sending
 
 
-def app_kwargs(*, behind_proxy: bool, favicon: str | Path | None) -> dict[str, Any]:
-    """``Blocks.launch(app_kwargs=...)`` that install the guard."""
-    return {"middleware": [Middleware(Guard, behind_proxy=behind_proxy, favicon=str(favicon) if favicon else None)]}
+def event_data_needs(blocks: Any) -> dict[int, tuple[str, ...]]:
+    """The event data keys each of ``blocks``' handlers needs, by fn index (👍/👎 and edits)."""
+    return {
+        index: EVENT_DATA_KEYS[event]
+        for index, function in blocks.fns.items()
+        for _, event in function.targets
+        if event in EVENT_DATA_KEYS
+    }
+
+
+def app_kwargs(*, behind_proxy: bool, favicon: str | Path | None, blocks: Any = None) -> dict[str, Any]:
+    """``Blocks.launch(app_kwargs=...)`` that install the guard (``blocks``: the app, for its events)."""
+    needs = event_data_needs(blocks) if blocks is not None else {}
+    icon = str(favicon) if favicon else None
+    return {"middleware": [Middleware(Guard, behind_proxy=behind_proxy, favicon=icon, event_data=needs)]}
