@@ -31,7 +31,7 @@ SAMPLING_FIELDS: dict[str, str] = {
 }
 """OpenAI request field → the app's setting."""
 
-FINISH_REASONS = {"eos": "stop", "stop_string": "stop", "length": "length", "stopped": "stop"}
+OPENAI_FINISH_REASONS = {"eos": "stop", "stop_string": "stop", "length": "length", "stopped": "stop"}
 """The app's finish reason → OpenAI's."""
 
 SYSTEM_ROLES = ("system", "developer")  # "developer": the newer OpenAI name for a system message
@@ -222,7 +222,7 @@ def completion(ids: tuple[str, int, str], text: str, finish_reason: str, reply: 
     choice = {
         "index": 0,
         "message": {"role": "assistant", "content": text},
-        "finish_reason": FINISH_REASONS.get(finish_reason, "stop"),
+        "finish_reason": OPENAI_FINISH_REASONS.get(finish_reason, "stop"),
         "logprobs": None,
     }
     return {
@@ -250,5 +250,5 @@ def chunk(ids: tuple[str, int, str], choices: Sequence[dict[str, Any]], **extra:
 
 def delta(content: dict[str, str], finish_reason: str | None = None) -> dict[str, Any]:
     """A chunk's one choice: ``content`` (role or text) and, last, the finish reason."""
-    reason = FINISH_REASONS.get(finish_reason, "stop") if finish_reason else None
+    reason = OPENAI_FINISH_REASONS.get(finish_reason, "stop") if finish_reason else None
     return {"index": 0, "delta": content, "finish_reason": reason, "logprobs": None}
