@@ -143,6 +143,19 @@ def _key_and_iv(salt: bytes) -> tuple[list[int], list[int]]:
     return list(derived[:32]), list(derived[32:48])
 
 
+def expect_stored_max_new_tokens(page: Page, title: str, value: int) -> None:
+    """Wait until the saved conversation ``title`` holds max_new_tokens ``value`` in the browser."""
+
+    def stored() -> object:
+        found = [c["settings"].get("max_new_tokens") for c in read_store(page)["conversations"] if c["title"] == title]
+        return found[0] if found else None
+
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while stored() != value:
+        assert time.monotonic() < deadline, f"{title!r} never saved max_new_tokens={value} (has {stored()})"
+        page.wait_for_timeout(100)
+
+
 def read_store(page: Page) -> Any:
     """The saved conversations in the page's local storage, decrypted."""
     stored = page.evaluate("(key) => localStorage.getItem(key)", STORAGE_KEY)
@@ -356,6 +369,7 @@ def test_saved_conversations_survive_a_reload_keep_their_settings_and_can_be_ren
     expect(page.locator(BOT)).to_have_count(1)
     expect(max_new_tokens_field(page)).to_have_value("20")  # its own settings
     set_max_new_tokens(page, 30)  # a changed setting is saved at once: the conversation becomes the newest
+    expect_stored_max_new_tokens(page, "最初の会話です", 30)
     reload(page)
     expect(page.locator(USER)).to_have_text(["最初の会話です"], timeout=TIMEOUT_MS)
     expect(max_new_tokens_field(page)).to_have_value("30")
