@@ -16,7 +16,7 @@ from jslm_chat.chat.service import ChatService
 from jslm_chat.model.backend import Backend
 from jslm_chat.model.presets import resolve_preset
 from jslm_chat.settings import Settings, parse_settings
-from jslm_chat.web import guard, log_bounds
+from jslm_chat.web import guard, log_bounds, sessions
 from jslm_chat.web.feedback import FeedbackLog
 from jslm_chat.web.layout import build_ui, configure_queue, launch_options
 from jslm_chat.web.openai_api import openai_router
@@ -30,8 +30,6 @@ VLLM_QUANTIZE_REFUSAL = (
     " / --quantize {mode} does not apply with --backend vllm (vLLM quantizes its own way):"
     " drop --quantize and serve a pre-quantized (AWQ/GPTQ) checkpoint with vllm serve (see docs/quantization.md)."
 )
-SESSIONS_KEPT = 64
-"""Browser sessions whose state Gradio keeps (the least recently used is dropped first)."""
 
 
 class StartupError(RuntimeError):
@@ -101,6 +99,7 @@ def launch(
             "Spaces では --share は不要です（Space の URL をそのまま共有できます） / --share is ignored on Spaces"
         )
     options = launch_options()
+    sessions.keep_no_event_copies()
     fastapi_app, local_url, share_url = app.launch(
         server_name=settings.host,
         server_port=settings.port,
@@ -112,7 +111,7 @@ def launch(
             "routes": api_routes(service, settings),
             **guard.app_kwargs(behind_proxy=settings.behind_proxy, favicon=options.get("favicon_path"), blocks=app),
         },
-        state_session_capacity=SESSIONS_KEPT,
+        state_session_capacity=sessions.SESSIONS_KEPT,
         quiet=not share,  # Gradio's own lines would tell the user to "set share=True in launch()"
         **options,
     )

@@ -84,7 +84,7 @@ def run_queued(http: httpx.Client, fn: int, data: list, session: str) -> list:
 def server(demo_engine, tmp_path_factory):
     feedback = tmp_path_factory.mktemp("feedback")
     app, url, service = launch_app(demo_engine, concurrency=1, queue_size=8, feedback_dir=str(feedback))
-    yield url, service, feedback / "feedback.jsonl"
+    yield url, service, feedback / "feedback.jsonl", app
     app.close()
 
 
@@ -98,7 +98,7 @@ def guarded(demo_engine):
 def test_uploads_are_refused_and_nothing_is_kept(server):
     import gradio.utils
 
-    url, _, _ = server
+    url, *_ = server
     with client_at(url) as http:
         answer = http.post("/gradio_api/upload", files={"files": ("stranger-17.txt", b"kept?")})
     assert answer.status_code == 403 and " / " in answer.json()["error"]
@@ -106,10 +106,25 @@ def test_uploads_are_refused_and_nothing_is_kept(server):
     assert kept == []
 
 
+def test_a_session_keeps_no_copy_of_a_large_request_and_deep_links_write_nothing(server):
+    import gradio.utils
+
+    url, *_, app = server
+    history = browser_history(*[("user", "日本の四季について。" * 10_000), ("assistant", "はい。")])
+    with client_at(url) as http:
+        body = {"fn_index": fn_index(http, "export_json"), "data": [history, *CONTROLS], "session_hash": "large-17"}
+        assert http.post("/gradio_api/run/predict", json=body).status_code == 200
+        link = http.get("/gradio_api/deep_link", params={"session_hash": "large-17"})
+    assert link.status_code == 404 and " / " in link.json()["error"]
+    assert list(Path(gradio.utils.get_upload_folder()).glob("deep_links/*")) == []
+    kept = json.dumps(list(app.state_holder["large-17"].components), default=str, ensure_ascii=False)
+    assert len(json.dumps(history, ensure_ascii=False)) > 100_000 > len(kept), len(kept)
+
+
 def test_a_body_over_the_cap_is_refused_before_any_handler_reads_it(server):
     from jslm_chat.web.guard import MAX_BODY_BYTES
 
-    url, _, _ = server
+    url, *_ = server
     body = json.dumps({"data": ["x" * MAX_BODY_BYTES, []]}).encode()
     with client_at(url) as http:
         declared = http.post("/gradio_api/call/chat", content=body, headers={"content-type": "application/json"})
@@ -119,7 +134,7 @@ def test_a_body_over_the_cap_is_refused_before_any_handler_reads_it(server):
 
 
 def test_no_request_writes_more_than_about_a_kilobyte_to_the_log(server, capfd):
-    url, _, _ = server
+    url, *_ = server
     capfd.readouterr()
     with client_at(url) as http:  # one input: Gradio's error repeats every value it got
         name, _ = call(http, "chat", ["長" * 1_000_000])
@@ -134,7 +149,7 @@ def test_no_request_writes_more_than_about_a_kilobyte_to_the_log(server, capfd):
 
 
 def test_unreadable_event_data_for_a_vote_or_an_edit_is_a_422_not_a_500(server):
-    url, _, _ = server
+    url, *_ = server
     with client_at(url, "127.0.0.8") as http:
         answers = [
             http.post(path, json={"fn_index": fn_index(http, name), "data": data, "event_data": event})
@@ -147,7 +162,7 @@ def test_unreadable_event_data_for_a_vote_or_an_edit_is_a_422_not_a_500(server):
 
 
 def test_votes_are_checked_rate_bound_and_refer_to_a_received_reply(server):
-    url, _, log = server
+    url, _, log, _ = server
     with client_at(url, "127.0.0.4") as http:
         vote = fn_index(http, "vote")
 
@@ -189,7 +204,7 @@ def test_the_feedback_file_is_rotated_at_its_size_bound(tmp_path):
 
 @pytest.mark.usefixtures("endless_replies", "paced_generation")
 def test_one_client_cannot_take_the_whole_line(server):
-    url, service, _ = server
+    url, service, *_ = server
     share = service.admission.client_share
     streams: list[tuple[httpx.Client, httpx.Response]] = []
     results: dict[str, list] = {}
@@ -231,7 +246,7 @@ def test_one_client_cannot_take_the_whole_line(server):
 
 @pytest.mark.parametrize("endpoint", ["prompt", "chat"])
 def test_a_deeply_nested_history_is_refused_with_one_log_line_naming_the_field(server, endpoint, capfd, caplog):
-    url, _, _ = server
+    url, *_ = server
     caplog.set_level("INFO", logger="jslm_chat")
     capfd.readouterr()
     history = [{"role": "user", "content": deeply_nested(450)}]
@@ -245,7 +260,7 @@ def test_a_deeply_nested_history_is_refused_with_one_log_line_naming_the_field(s
 
 
 def test_a_broken_saved_conversation_is_dropped_and_the_rest_still_loads(server):
-    url, _, _ = server
+    url, *_ = server
     good = {"id": "good", "title": "残る会話", "updated": 1.0, "messages": [{"role": "user", "content": "hi"}]}
     broken = {**good, "id": "broken", "updated": 2.0, "messages": [{"role": "user", "content": deeply_nested(450)}]}
     store = {"version": 1, "conversations": [broken, good]}
@@ -258,7 +273,7 @@ def test_a_broken_saved_conversation_is_dropped_and_the_rest_still_loads(server)
 
 
 def test_the_pwa_icon_is_served(server):
-    url, _, _ = server
+    url, *_ = server
     with client_at(url) as http:
         for path in ("/pwa_icon", "/pwa_icon/192", "/pwa_icon/512"):
             icon = http.get(path)
@@ -266,7 +281,7 @@ def test_the_pwa_icon_is_served(server):
 
 
 def test_exports_name_the_model_never_a_server_path(server, demo_model_path):
-    url, _, _ = server
+    url, *_ = server
     with client_at(url) as http:
         answer = http.post(
             "/gradio_api/run/predict",

@@ -6,7 +6,8 @@ One ASGI middleware, installed on Gradio's FastAPI app before the server starts
 - names the client: the peer's address, or with ``behind_proxy`` the address the proxy forwards
   (``scope["client"]`` is rewritten, so every handler and route sees the same client);
 - refuses uploads (``/gradio_api/upload``): the app has no file input, so nothing a stranger sends
-  is stored or served back;
+  is stored or served back; and deep links (``/gradio_api/deep_link``, which writes a session's
+  values to disk): the app offers none;
 - refuses a body over :data:`MAX_BODY_BYTES` (413, bilingual), before any handler reads it (a body
   sent without a length is read here first, up to the limit);
 - answers ``/pwa_icon`` with the favicon (Gradio's own route fails on an SVG icon);
@@ -35,6 +36,7 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 about 3.4 MB once encrypted, plus an open conversation of 400,000 characters, at most 2.4 MB as JSON
 escapes) fits with room to spare."""
 UPLOAD_PATHS = ("/gradio_api/upload", "/upload")
+DEEP_LINK_PATHS = ("/gradio_api/deep_link", "/deep_link")
 ICON_PATH = "/pwa_icon"
 API_INFO = re.compile(rb"window\.gradio_api_info = .*?;</script>", re.DOTALL)
 NO_API_INFO = b"window.gradio_api_info = null;</script>"
@@ -44,6 +46,7 @@ EVENT_DATA_KEYS = {"like": ("index", "value"), "edit": ("index", "value", "previ
 """What Gradio reads from an event's data to build ``LikeData`` / ``EditData`` for its handler."""
 
 UPLOAD_REFUSED = "このサーバーはファイルを受け付けません。 / This server does not accept file uploads."
+NO_DEEP_LINKS = "このアプリにはディープリンクがありません。 / This app offers no deep links."
 BAD_EVENT_DATA = "イベントのデータが読み取れません。 / The event's data cannot be read."
 TOO_LARGE = (
     f"リクエストが大きすぎます（{MAX_BODY_BYTES // 1024 // 1024} MB まで）。"
@@ -82,6 +85,9 @@ class Guard:
         length = _declared_length(scope)
         if path in UPLOAD_PATHS:
             await json_response(send, 403, UPLOAD_REFUSED)
+            return
+        if path in DEEP_LINK_PATHS:
+            await json_response(send, 404, NO_DEEP_LINKS)
             return
         if method == "POST" and path in EVENT_PATHS and self.event_data:
             body = await read_body(receive, MAX_BODY_BYTES)
