@@ -1,12 +1,16 @@
 """Which replies each session really received: a vote must refer to one of them.
 
 Bounded: the last :data:`REPLIES_PER_SESSION` replies of the :data:`MAX_SESSIONS` most recently
-active sessions, kept as digests (never the text).
+active sessions, kept as digests (never the text). A reply is compared as a chat display shows it:
+Gradio's Chatbot passes text through ``inspect.cleandoc`` (leading and trailing blank lines and the
+first line's indentation go), so the browser sends back a reply that began with a space or ended
+with a newline without them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import threading
 from collections import OrderedDict, deque
 
@@ -15,7 +19,8 @@ REPLIES_PER_SESSION = 50
 
 
 def _digest(text: str) -> bytes:
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    shown = inspect.cleandoc(text)
+    return hashlib.blake2b(shown.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 class Receipts:
