@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from helpers import SAMPLE_JA
+from vllm_server import long_context_vllm_server, vllm_server  # noqa: F401  (fixtures: one server each per session)
 
 if TYPE_CHECKING:
     from jslm_chat.model.backend import Backend, Conversation, ReplyStream

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import openai
 import pytest
-import vllm_server as servers
 from gradio_client import Client
 from helpers import launch_app, wait_until
 
@@ -14,7 +13,6 @@ from jslm_chat.backends.vllm import VllmBackend
 from jslm_chat.server import load_for
 from jslm_chat.settings import Settings
 
-vllm_server = servers.vllm_server
 HISTORY = [{"role": "user", "content": "こんにちは"}, {"role": "assistant", "content": "こんにちは！"}]
 QUESTION = "京都について教えて"
 MESSAGES = [*HISTORY, {"role": "user", "content": QUESTION}]

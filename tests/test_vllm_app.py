@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-import vllm_server as servers
 from gradio_client import Client
 from helpers import generation_threads, launch_app, wait_until
 
@@ -15,8 +14,6 @@ from jslm_chat.backends.vllm import VllmBackend
 from jslm_chat.server import load_for
 from jslm_chat.settings import Settings
 
-vllm_server = servers.vllm_server
-long_context_vllm_server = servers.long_context_vllm_server
 HISTORY = [{"role": "user", "content": "こんにちは"}, {"role": "assistant", "content": "こんにちは！"}]
 
 

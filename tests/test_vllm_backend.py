@@ -14,7 +14,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import vllm_server as servers
 from helpers import wait_until
 from vllm_server import VllmServer, free_port
 
@@ -24,8 +23,6 @@ from jslm_chat.model.params import GenerationParams
 from jslm_chat.model.presets import resolve_preset
 from jslm_chat.model.prompt import Turn
 
-vllm_server = servers.vllm_server  # fixtures, shared with other test modules
-long_context_vllm_server = servers.long_context_vllm_server
 FFFD = "\ufffd"
 QUESTION = "日本の首都はどこですか？"
 
