@@ -263,6 +263,14 @@ def test_an_unsupported_request_is_refused_through_the_sdk_too(sdk, model):
     assert refused.value.param == "n"
 
 
+def test_a_body_over_the_cap_is_an_openai_error_the_sdk_reads(sdk, model):
+    huge = [{"role": "user", "content": "あ" * 3_000_000}]  # 9 MB of JSON escapes
+    with pytest.raises(openai.APIStatusError) as refused:
+        sdk.chat.completions.create(model=model, messages=huge, max_tokens=4)
+    assert refused.value.status_code == 413 and refused.value.code == "request_too_large"
+    assert "8 MB" in refused.value.message and " / " in refused.value.message
+
+
 @pytest.fixture(scope="module")
 def guarded(demo_engine):
     """Three apps: keys only, a login only, a login and a key."""

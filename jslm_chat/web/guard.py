@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jslm_chat.web.client_address import client_address
 from jslm_chat.web.login_brake import LoginBrake, json_response, read_body, replaying
+from jslm_chat.web.openai_schema import ApiError
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 """The largest request body: the largest request the app accepts (a saved store of 2.5 MB of JSON,
@@ -37,6 +38,7 @@ about 3.4 MB once encrypted, plus an open conversation of 400,000 characters, at
 escapes) fits with room to spare."""
 UPLOAD_PATHS = ("/gradio_api/upload", "/upload")
 DEEP_LINK_PATHS = ("/gradio_api/deep_link", "/deep_link")
+OPENAI_PATHS = "/v1/"
 ICON_PATH = "/pwa_icon"
 API_INFO = re.compile(rb"window\.gradio_api_info = .*?;</script>", re.DOTALL)
 NO_API_INFO = b"window.gradio_api_info = null;</script>"
@@ -99,7 +101,7 @@ class Guard:
             body = await read_body(receive, MAX_BODY_BYTES)
             length, receive = (MAX_BODY_BYTES + 1, receive) if body is None else (len(body), replaying(body, receive))
         if (length or 0) > MAX_BODY_BYTES:
-            await json_response(send, 413, TOO_LARGE)
+            await _too_large(path, send)
         elif path == ICON_PATH or path.startswith(ICON_PATH + "/"):
             await self._icon(scope, receive, send)
         elif path == "/login" and method == "POST":
@@ -124,6 +126,13 @@ class Guard:
             await json_response(send, 404, "アイコンはありません / No icon.")
             return
         await FileResponse(self.favicon)(scope, receive, send)
+
+
+async def _too_large(path: str, send: Send) -> None:
+    """The 413, in OpenAI's error shape on the OpenAI API (its clients read ``error.message``)."""
+    openai = path.startswith(OPENAI_PATHS)
+    shaped = ApiError(TOO_LARGE, status=413, code="request_too_large").body() if openai else None
+    await json_response(send, 413, TOO_LARGE, payload=shaped)
 
 
 def _declared_length(scope: Scope) -> int | None:

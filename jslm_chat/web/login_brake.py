@@ -34,9 +34,11 @@ def brake_message(seconds: int) -> str:
     )
 
 
-async def json_response(send: Send, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-    """Answer ``{"error": message}`` with ``status`` (the body already read or left unread)."""
-    body = json.dumps({"error": message, "detail": message}, ensure_ascii=False).encode("utf-8")
+async def json_response(
+    send: Send, status: int, message: str, headers: dict[str, str] | None = None, *, payload: object = None
+) -> None:
+    """Answer ``{"error": message}`` (or ``payload``) with ``status`` (the body already read or left unread)."""
+    body = json.dumps(payload or {"error": message, "detail": message}, ensure_ascii=False).encode("utf-8")
     fields = {"content-type": "application/json; charset=utf-8", "content-length": str(len(body)), **(headers or {})}
     encoded = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in fields.items()]
     await send({"type": "http.response.start", "status": status, "headers": encoded})
