@@ -60,3 +60,13 @@ def test_limit_applies_to_max_new_tokens():
     assert params(max_new_tokens=300).validated(300).max_new_tokens == 300
     with pytest.raises(InvalidParameterError, match="between 1 and 299"):
         params(max_new_tokens=300).validated(299)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("temperature", "t" * 1_000_000), ("seed", [0] * 100_000), ("stop", ["s"] * 1_000), ("top_k", 1.5 + 10**300)],
+)
+def test_an_error_quotes_a_huge_value_in_a_few_dozen_characters(name, value):
+    with pytest.raises(InvalidParameterError) as refused:
+        params(**{name: value}).validated(4096)
+    assert " / " in str(refused.value) and len(str(refused.value)) < 400

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from numbers import Real
@@ -122,6 +123,15 @@ SETTINGS: tuple[Setting, ...] = (SYSTEM_PROMPT, *PARAM_SETTINGS)
 SHOWN_SETTINGS: tuple[Setting, ...] = tuple(spec for spec in SETTINGS if spec.shown)
 
 
+def echoed(value: object) -> str:
+    """``repr(value)`` cut to about 60 characters: what an error message quotes of what was sent."""
+    echo = reprlib.Repr()
+    echo.maxstring = echo.maxother = 60
+    echo.maxlong, echo.maxlevel = 40, 2
+    echo.maxlist = echo.maxtuple = echo.maxdict = 6
+    return echo.repr(value)
+
+
 def checked_text(
     name: str, value: object, max_chars: int | None, error: type[ValueError] = InvalidParameterError
 ) -> str:
@@ -145,8 +155,8 @@ def _texts(name: str, value: object, most: int, max_chars: int | None) -> tuple[
     items = () if value is None else (value,) if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)) or len(items) > most:
         raise InvalidParameterError(
-            f"{name} は文字列か {most} 個までの文字列のリストで指定してください（{value!r}）。"
-            f" / {name} must be a string or a list of at most {most} strings, got {value!r}."
+            f"{name} は文字列か {most} 個までの文字列のリストで指定してください（{echoed(value)}）。"
+            f" / {name} must be a string or a list of at most {most} strings, got {echoed(value)}."
         )
     texts = tuple(checked_text(name, item, max_chars) for item in items)
     if not all(texts):
@@ -160,14 +170,15 @@ def _integer(name: str, value: object, bounds: tuple[float | None, float | None]
     not_whole = isinstance(value, float) and not (math.isfinite(value) and value.is_integer())
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not_whole:
         raise InvalidParameterError(
-            f"{name} は整数で指定してください（{value!r} が渡されました）。 / {name} must be an integer, got {value!r}."
+            f"{name} は整数で指定してください（{echoed(value)} が渡されました）。"
+            f" / {name} must be an integer, got {echoed(value)}."
         )
     number = int(value)
     low, high = (_shown(bound) for bound in bounds)
     if (bounds[0] is not None and number < bounds[0]) or (bounds[1] is not None and number > bounds[1]):
         raise InvalidParameterError(
-            f"{name} は {low} 以上 {high} 以下にしてください（{number}）。"
-            f" / {name} must be between {low} and {high}, got {number}."
+            f"{name} は {low} 以上 {high} 以下にしてください（{echoed(number)}）。"
+            f" / {name} must be between {low} and {high}, got {echoed(number)}."
         )
     return number
 
@@ -175,8 +186,8 @@ def _integer(name: str, value: object, bounds: tuple[float | None, float | None]
 def _number(name: str, value: object, bounds: tuple[float | None, float | None], *, low_open: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)):
         raise InvalidParameterError(
-            f"{name} は有限の数値で指定してください（{value!r} が渡されました）。"
-            f" / {name} must be a finite number, got {value!r}."
+            f"{name} は有限の数値で指定してください（{echoed(value)} が渡されました）。"
+            f" / {name} must be a finite number, got {echoed(value)}."
         )
     number = float(value)
     low, high = bounds
@@ -185,8 +196,8 @@ def _number(name: str, value: object, bounds: tuple[float | None, float | None],
         lower = f"{_shown(low)} より大きく" if low_open else f"{_shown(low)} 以上"
         lower_en = f"greater than {_shown(low)}" if low_open else f"at least {_shown(low)}"
         raise InvalidParameterError(
-            f"{name} は {lower} {_shown(high)} 以下にしてください（{number}）。"
-            f" / {name} must be {lower_en} and at most {_shown(high)}, got {number}."
+            f"{name} は {lower} {_shown(high)} 以下にしてください（{echoed(number)}）。"
+            f" / {name} must be {lower_en} and at most {_shown(high)}, got {echoed(number)}."
         )
     return number
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from jslm_chat.model.backend import ReplyStream
 from jslm_chat.model.errors import UserError
-from jslm_chat.model.params import SETTINGS, Setting
+from jslm_chat.model.params import SETTINGS, Setting, echoed
 from jslm_chat.model.presets import ModelPreset
 
 SAMPLING_FIELDS: dict[str, str] = {
@@ -84,8 +84,8 @@ def check_model(body: Mapping[str, Any], preset: ModelPreset) -> str:
     wanted = body.get("model")
     if wanted is not None and wanted not in (name, preset.key, preset.model_id):
         raise ApiError(
-            f"モデル {wanted!r} はありません。このサーバーのモデルは {name!r} です。"
-            f" / The model {wanted!r} does not exist here: this server serves {name!r}.",
+            f"モデル {echoed(wanted)} はありません。このサーバーのモデルは {name!r} です。"
+            f" / The model {echoed(wanted)} does not exist here: this server serves {name!r}.",
             status=404,
             param="model",
             code="model_not_found",
@@ -166,7 +166,7 @@ def split_messages(messages: object) -> tuple[str | None, list[dict[str, str]], 
                 f"messages[{index}]",
                 f"messages[{index}] の role は {expected} にしてください"
                 "（system は先頭のみ、以降 user と assistant が交互）",
-                f"messages[{index}] must have role {expected!r}, got {role!r}"
+                f"messages[{index}] must have role {expected!r}, got {echoed(role)}"
                 " (an optional system message first, then user and assistant taking turns)",
             )
         history.append({"role": role, "content": message_text(message, f"messages[{index}]")})
