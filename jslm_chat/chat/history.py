@@ -124,8 +124,10 @@ def _role(message: object) -> str:
     return str(message["role"])
 
 
-MAX_VERSIONS = 200
+MAX_VERSIONS = 500
 """Kept versions (tails) of a conversation, at every depth together."""
+MAX_VERSION_CHARS = 2 * MAX_HISTORY_CHARS
+"""Characters of every kept version's messages together (about what the browser's storage holds)."""
 MAX_VERSION_DEPTH = 32
 """Versions inside versions (a version switched away from keeps its own later versions)."""
 MAX_RECORD_CHARS = 20_000
@@ -143,10 +145,10 @@ def checked_versions(raw: object, length: int) -> dict[str, Any]:
     """A conversation's versions (see ``jslm_chat.web.versions``) for a chat of ``length`` messages, checked.
 
     None (a conversation saved before versions existed) is no versions. Anything malformed or beyond
-    :data:`MAX_VERSIONS`, :data:`MAX_VERSION_DEPTH`, :data:`MAX_HISTORY_CHARS` (all kept messages
-    together) or :data:`MAX_RECORD_CHARS` raises :class:`ChatInputError`.
+    :data:`MAX_VERSIONS`, :data:`MAX_VERSION_DEPTH`, :data:`MAX_VERSION_CHARS` or :data:`MAX_RECORD_CHARS`
+    raises :class:`ChatInputError`.
     """
-    budget = {"versions": MAX_VERSIONS, "chars": MAX_HISTORY_CHARS}
+    budget = {"versions": MAX_VERSIONS, "chars": MAX_VERSION_CHARS}
     return {"branches": {}, "made": {}} if raw is None else _checked_level(raw, length, 0, budget)
 
 
@@ -193,11 +195,14 @@ def _checked_tail(raw: object, depth: int, budget: dict[str, int]) -> dict[str, 
         raise versions_error("a version's messages are not a list")
     plain = []
     for index, message in enumerate(messages):
-        text = _message_text(message, index) if _role(message) != "system" else ""
+        try:
+            text = _message_text(message, index) if _role(message) != "system" else ""
+        except ChatInputError as error:
+            raise versions_error(str(error)) from None
         budget["chars"] -= len(text)
         plain.append({"role": str(message["role"]), "content": text})
     if budget["chars"] < 0:
-        raise versions_error(f"more than {MAX_HISTORY_CHARS:,} characters in all versions")
+        raise versions_error(f"more than {MAX_VERSION_CHARS:,} characters in all versions")
     return {"messages": plain, **_checked_level(raw, len(plain), depth + 1, budget)}
 
 

@@ -21,6 +21,8 @@ from typing import Any
 from jslm_chat.chat.history import ChatInputError, content_text
 
 Versions = dict[str, Any]
+MAX_VERSIONS_PER_MESSAGE = 30
+"""Versions kept of one message; a Retry beyond them lets the oldest go."""
 Messages = Sequence[Mapping[str, Any]]
 
 
@@ -62,7 +64,8 @@ def branched(versions: Versions, history: Messages, at: int) -> Versions:
     branch = kept["branches"].get(str(at)) or {"shown": 0, "tails": [None]}
     tails = list(branch["tails"])
     tails[branch["shown"]] = stashed
-    kept["branches"][str(at)] = {"shown": len(tails), "tails": [*tails, None]}
+    tails = [*tails[-(MAX_VERSIONS_PER_MESSAGE - 1) :], None]
+    kept["branches"][str(at)] = {"shown": len(tails) - 1, "tails": tails}
     return kept
 
 
