@@ -68,14 +68,14 @@ def reply_text(update: tuple[Any, ...]) -> str:
 
 def ask(handlers: ChatHandlers, history: list, message: str, **changed: Any) -> list[tuple[Any, ...]]:
     """Submit ``message`` and stream the reply to the end; the updates."""
-    _, history, versions, generating, _, _, todo = handlers.submit(message, history, V, False)
+    _, history, generating, _, _, todo = handlers.submit(message, history, V, False)
     assert generating is True
-    return drive(handlers.respond(REQUEST, history, versions, todo, *values(handlers, **changed)))
+    return drive(handlers.respond(REQUEST, history, V, todo, *values(handlers, **changed)))
 
 
 def test_submit_moves_the_message_into_the_chat_and_puts_stop_in_sends_place(handlers):
-    textbox, history, versions, generating, send, stop, todo = handlers.submit("こんにちは", [], V, False)
-    assert (textbox, history, versions, generating) == ("", [{"role": "user", "content": "こんにちは"}], V, True)
+    textbox, history, generating, send, stop, todo = handlers.submit("こんにちは", [], V, False)
+    assert (textbox, history, generating) == ("", [{"role": "user", "content": "こんにちは"}], True)
     assert send.visible is False and stop.visible is True and todo == pending([], V, back=True)
     for message, busy in (("   ", False), ("", False), ("二通目", True)):  # refused without an error
         refused = handlers.submit(message, history, V, busy)

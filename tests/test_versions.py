@@ -99,10 +99,12 @@ def test_an_edit_keeps_the_earlier_message_and_everything_after_it():
     assert earlier == [user("一"), reply("いち"), user("二"), reply("に")]
 
 
-def test_undo_and_a_new_message_drop_the_versions_of_what_is_gone():
-    _, versions = three_versions()
+def test_undo_drops_the_versions_of_what_is_gone_and_an_empty_reply_is_no_version():
+    history, versions = three_versions()
     assert trimmed(versions, 2) == versions
     assert trimmed(versions, 1) == no_versions()  # the turn with the versions is undone
+    stopped = branched(versions, [*history[:1], reply("")], 1)  # a Retry of a reply stopped before its first word
+    assert stopped["branches"] == versions["branches"]  # the new reply takes the empty one's place
     assert recorded(versions, 1, 9, SETTINGS, continued=True)["made"]["1"]["seeds"] == [3, 9]
 
 

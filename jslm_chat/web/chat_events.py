@@ -105,13 +105,13 @@ class ChatHandlers:
     def submit(self, message: str, history: History, versions: Versions, generating: bool) -> tuple[Any, ...]:
         """Move a non-empty message from the textbox into the chat (the reply follows).
 
-        Returns (textbox, chat, versions, generating, send, stop, pending); a blank message changes nothing.
+        Returns (textbox, chat, generating, send, stop, pending); a blank message changes nothing.
         """
         if generating or not (message or "").strip():
-            return *skipped(3 + SENDING_OUTPUTS), None
+            return *skipped(2 + SENDING_OUTPUTS), None
         before = list(history)
         asked = [*before, {"role": "user", "content": message}]
-        return "", asked, trimmed(versions, len(before)), *sending_allowed(True), pending(before, versions, back=True)
+        return "", asked, *sending_allowed(True), pending(before, versions, back=True)
 
     async def respond(
         self, request: gr.Request, history: History, versions: Versions, todo: Pending, *values: Any

@@ -270,7 +270,7 @@ def _wire(handlers: ChatHandlers, conversations: ConversationHandlers, w: Widget
 
     submitted = (
         [w.textbox, w.chatbot, w.versions, w.generating],
-        [w.textbox, w.chatbot, w.versions, *w.sending, w.pending],
+        [w.textbox, w.chatbot, *w.sending, w.pending],
     )
     retried = ([w.chatbot, w.versions, w.generating], [w.chatbot, w.versions, *w.sending, w.pending])
     continued = ([w.chatbot, w.versions, w.generating], [*w.sending, w.pending])

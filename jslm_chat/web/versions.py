@@ -58,9 +58,15 @@ def _joined(kept: Versions, tail: Versions, at: int) -> Versions:
 
 
 def branched(versions: Versions, history: Messages, at: int) -> Versions:
-    """Keep the chat's tail from message ``at`` on as a version; the new, shown one starts empty there."""
+    """Keep the chat's tail from message ``at`` on as a version; the new, shown one starts empty there.
+
+    An empty tail (a reply stopped before its first word, or cut off by a reload) is not kept: the new one
+    takes its place.
+    """
     kept, tail = _split(versions, at)
     stashed = {"messages": _plain(history[at:]), **tail}
+    if not any(message["content"].strip() for message in stashed["messages"]):
+        return kept
     branch = kept["branches"].get(str(at)) or {"shown": 0, "tails": [None]}
     tails = list(branch["tails"])
     tails[branch["shown"]] = stashed
