@@ -75,7 +75,7 @@
 
   // Versions of a message (Retry, an edit): ◀ 2/3 ▶ under it. The server lists them in a hidden box as
   // [position, shown, count]; a choice goes back through a hidden button (layout.CHOOSE_VERSION_JS reads it).
-  const VERSION_TEXT = JSLM_TEXT;
+  const VERSION_TEXT = JSLM_VERSION_TEXT;
   const versionText = VERSION_TEXT[(navigator.language || "ja").toLowerCase().startsWith("en") ? "en" : "ja"];
   const choose = (position, version) => {
     window.jslmVersionChoice = `${position}:${version}`;

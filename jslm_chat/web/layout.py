@@ -389,7 +389,7 @@ def launch_options() -> dict[str, Any]:
             font_mono=["Noto Sans Mono CJK JP", "ui-monospace", "monospace"],
         ),
         "css_paths": [ASSETS / "style.css"],
-        "js": (ASSETS / "app.js").read_text(encoding="utf-8").replace("JSLM_TEXT", json.dumps(VERSION_TEXT)),
+        "js": (ASSETS / "app.js").read_text(encoding="utf-8").replace("JSLM_VERSION_TEXT", json.dumps(VERSION_TEXT)),
         "i18n": i18n,
         "favicon_path": str(ASSETS / "favicon.svg"),
     }
