@@ -17,7 +17,7 @@ from jslm_chat.chat.history import (
     checked_versions,
 )
 from jslm_chat.web.export import to_json, to_markdown
-from jslm_chat.web.saved import restore
+from jslm_chat.web.saved import SavedConversation, restore
 from jslm_chat.web.versions import (
     MAX_VERSIONS_PER_MESSAGE,
     branched,
@@ -28,7 +28,6 @@ from jslm_chat.web.versions import (
     trimmed,
 )
 
-SETTINGS = {"temperature": 0.7, "seed": None}
 DEFAULTS = {
     "system_prompt": "あなたは役立つアシスタントです。",
     "max_new_tokens": 64,
@@ -38,6 +37,7 @@ DEFAULTS = {
     "repetition_penalty": 1.05,
     "seed": None,
 }
+SETTINGS = {"system_prompt": DEFAULTS["system_prompt"], "temperature": 0.7, "seed": None}
 
 
 def user(text: str) -> dict[str, str]:
@@ -204,6 +204,20 @@ def test_exports_carry_each_replys_seeds_and_settings():
     metadata = {"model": "m", "temperature": 0.7}
     [asked, made] = json.loads(to_json(history, metadata, versions["made"]))["messages"]
     assert asked == user("質問")
-    assert made == {**reply("三"), "seeds": [3], "settings": {"temperature": 0.7, "seed": 3}}
-    markdown = to_markdown(history, {"model": "m", "temperature": 0.2}, versions["made"])
+    assert made == {**reply("三"), "seeds": [3], "settings": {**SETTINGS, "seed": 3}}
+    markdown = to_markdown(history, {**SETTINGS, "model": "m", "temperature": 0.2}, versions["made"])
     assert "> seeds=[3], temperature=0.7" in markdown  # the seed, and the settings that differ from the export's
+
+
+def test_a_long_system_prompt_is_stored_once_not_once_per_reply():
+    prompt = "長い指示。" * 3_000
+    history, versions = [user("質問")], no_versions()
+    for seed in range(20):
+        versions = recorded(versions, 1, seed, {**SETTINGS, "system_prompt": prompt}, continued=False)
+        history, versions = retried([*history[:1], reply(str(seed))], versions, str(seed), seed)
+    versions = recorded(versions, 1, 99, {**SETTINGS, "system_prompt": "別の指示"}, continued=False)
+    conversation = SavedConversation("a", "t", 1.0, tuple(history), {**DEFAULTS, "system_prompt": prompt}, versions)
+    stored = json.loads(json.dumps(conversation.as_json(), ensure_ascii=False))
+    assert json.dumps(stored, ensure_ascii=False).count(prompt) == 1  # in the settings only
+    [restored] = restore({"version": 1, "conversations": [stored]}, DEFAULTS, 2048).conversations
+    assert restored.versions == versions  # every record has its own system prompt again

@@ -24,7 +24,7 @@ from typing import Any
 from jslm_chat.chat.history import ChatInputError, checked_versions, history_to_turns
 from jslm_chat.chat.service import log_user_error
 from jslm_chat.model.params import SHOWN_SETTINGS, InvalidParameterError
-from jslm_chat.web.versions import Versions, no_versions
+from jslm_chat.web.versions import Versions, no_versions, with_records
 
 STORE_VERSION = 1
 MAX_SAVED_CONVERSATIONS = 50
@@ -51,14 +51,23 @@ class SavedConversation:
     versions: Versions = field(default_factory=no_versions)
 
     def as_json(self) -> dict[str, Any]:
-        """The JSON-ready form stored in the browser."""
+        """The JSON-ready form stored in the browser (a reply's record leaves out the conversation's system
+        prompt when it was made with that one: a long prompt is stored once, not once per reply)."""
+        prompt = self.settings.get("system_prompt")
+
+        def stored(record: dict[str, Any]) -> dict[str, Any]:
+            settings = dict(record["settings"])
+            if settings.get("system_prompt") == prompt:
+                del settings["system_prompt"]
+            return {**record, "settings": settings}
+
         return {
             "id": self.id,
             "title": self.title,
             "updated": self.updated,
             "messages": [dict(message) for message in self.messages],
             "settings": dict(self.settings),
-            "versions": self.versions,
+            "versions": with_records(self.versions, stored),
         }
 
 
@@ -162,6 +171,8 @@ def _checked(item: object, defaults: Mapping[str, Any], limit: int) -> tuple[Sav
         versions = checked_versions(item.get("versions"), len(messages))
     except ChatInputError:  # the conversation as shown stays; its other versions are left out
         versions, bad_settings = no_versions(), bad_settings + 1
+    prompt = {"system_prompt": settings["system_prompt"]}  # stored once (see as_json)
+    versions = with_records(versions, lambda record: {**record, "settings": {**prompt, **record["settings"]}})
     title = short_title(title) or title_for(messages)
     return SavedConversation(ident, title, float(updated), messages, settings, versions), bad_settings
 

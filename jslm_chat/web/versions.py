@@ -15,7 +15,7 @@ reproduced. Every function returns a new value; none changes its arguments.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from jslm_chat.chat.history import ChatInputError, content_text
@@ -112,6 +112,18 @@ def recorded(versions: Versions, at: int, seed: int, settings: Mapping[str, Any]
     seeds = [*earlier["seeds"], seed] if earlier else [seed]
     made["made"][str(at)] = {"seeds": seeds, "settings": {**settings, "seed": seeds[0]}}
     return made
+
+
+def with_records(versions: Versions, change: Callable[[dict[str, Any]], dict[str, Any]]) -> Versions:
+    """The versions with every reply's record, at every depth, replaced by ``change(record)``."""
+    branches = {
+        pos: {
+            "shown": branch["shown"],
+            "tails": [None if tail is None else {**tail, **with_records(tail, change)} for tail in branch["tails"]],
+        }
+        for pos, branch in versions.get("branches", {}).items()
+    }
+    return {"branches": branches, "made": {pos: change(record) for pos, record in versions.get("made", {}).items()}}
 
 
 def switchers(versions: Versions) -> list[list[int]]:
