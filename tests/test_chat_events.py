@@ -361,3 +361,15 @@ def test_a_strangers_huge_versions_are_left_out_with_one_log_line(saved, caplog)
     assert [record.levelname for record in caplog.records if "refused" in record.message] == ["INFO"]
     assert loaded[5] == _stored(1)["messages"] and loaded[6] == V  # the conversation stays, without them
     assert "versions" in loaded[0]["conversations"][0] and loaded[4] == "[]"
+
+
+def test_what_a_session_keeps_in_memory_is_bounded_as_what_it_saves(handlers, caplog):
+    history = [{"role": "user", "content": "長" * 150_000}, {"role": "assistant", "content": "答え"}]
+    history += [{"role": "user", "content": "次"}, {"role": "assistant", "content": "はい"}]
+    versions = V
+    with caplog.at_level("INFO", logger="jslm_chat"):
+        for n in range(8):  # each edit of the first message keeps the earlier version, 150,000 characters
+            edit = gr.EditData(None, {"index": 0, "previous_value": "長" * 150_000, "value": f"短い {n}"})
+            _, versions, *_ = handlers.edit(REQUEST, edit, history, versions)
+    assert len(versions["branches"]["0"]["tails"]) == 6  # five kept (750,000 characters), then let go
+    assert sum("refused" in record.message for record in caplog.records) == 3

@@ -13,7 +13,7 @@ from typing import Any
 
 import gradio as gr
 
-from jslm_chat.chat.history import ChatInputError, content_text
+from jslm_chat.chat.history import ChatInputError, checked_versions, content_text
 from jslm_chat.chat.service import MAX_MESSAGE_CHARS, ChatService, Done, InLine, log_user_error, stream_events
 from jslm_chat.model.errors import UserError
 from jslm_chat.model.params import checked_text
@@ -84,6 +84,19 @@ def checked_vote(
     if rated.get("role") != "assistant" or not received:
         raise VoteRefusedError(NOT_A_REPLY)
     return messages[: index + 1]
+
+
+def kept_version(versions: Versions, history: History, at: int) -> Versions:
+    """The versions with the chat's tail from ``at`` on kept as an earlier version, within the bounds of saved
+    versions (``checked_versions``); past them, the tail is let go (one log line): what a browser session keeps
+    in the server's memory is bounded as what it saves."""
+    kept = branched(versions, history, at)
+    try:
+        checked_versions(kept, at + 1)
+    except ChatInputError as error:
+        log_user_error(error)
+        return branched(versions, history[:at], at)
+    return kept
 
 
 def made_with(params: object, values: Sequence[Any]) -> dict[str, Any]:
@@ -192,7 +205,7 @@ class ChatHandlers:
         asked = _trim_to_last_user_message(history)
         if generating or not asked:
             return *skipped(2 + SENDING_OUTPUTS), None
-        kept = branched(versions, history, len(asked))
+        kept = kept_version(versions, history, len(asked))
         return asked, kept, *sending_allowed(True), pending(history, versions, back=False)
 
     def start_continue(self, history: History, versions: Versions, generating: bool) -> tuple[Any, ...]:
@@ -226,7 +239,8 @@ class ChatHandlers:
             gr.Warning(str(error))
             return original, gr.skip(), *sending_allowed(False), None
         kept = [*history[:index], {"role": "user", "content": text}]
-        return kept, branched(versions, original, index), *sending_allowed(True), pending(original, versions, back=True)
+        branch = kept_version(versions, original, index)
+        return kept, branch, *sending_allowed(True), pending(original, versions, back=True)
 
     def undo(self, request: gr.Request, history: History, versions: Versions) -> tuple[Any, ...]:
         """Stop any reply, remove the last turn (its versions too) and put its message back into the textbox.
