@@ -136,6 +136,11 @@ MAX_SEEDS = 64
 """Seeds in one reply's record: its generation and each Continue."""
 
 
+def no_versions() -> dict[str, Any]:
+    """A conversation with one version of every message and no records of how replies were made."""
+    return {"branches": {}, "made": {}}
+
+
 def versions_error(reason: str) -> ChatInputError:
     """The error for a conversation's unreadable versions."""
     return ChatInputError(f"会話の版（再生成・編集の履歴）が読み取れません / unreadable message versions: {reason}")
@@ -149,7 +154,7 @@ def checked_versions(raw: object, length: int) -> dict[str, Any]:
     raises :class:`ChatInputError`.
     """
     budget = {"versions": MAX_VERSIONS, "chars": MAX_VERSION_CHARS}
-    return {"branches": {}, "made": {}} if raw is None else _checked_level(raw, length, 0, budget)
+    return no_versions() if raw is None else _checked_level(raw, length, 0, budget)
 
 
 def _checked_level(raw: object, length: int, depth: int, budget: dict[str, int]) -> dict[str, Any]:

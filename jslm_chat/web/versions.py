@@ -18,17 +18,12 @@ import copy
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from jslm_chat.chat.history import ChatInputError, content_text
+from jslm_chat.chat.history import ChatInputError, content_text, no_versions
 
 Versions = dict[str, Any]
 MAX_VERSIONS_PER_MESSAGE = 30
 """Versions kept of one message; a Retry beyond them lets the oldest go."""
 Messages = Sequence[Mapping[str, Any]]
-
-
-def no_versions() -> Versions:
-    """A conversation with one version of everything and no records."""
-    return {"branches": {}, "made": {}}
 
 
 def _plain(messages: Messages) -> list[dict[str, str]]:
