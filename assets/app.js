@@ -72,4 +72,67 @@
       setTimeout(() => closeSidebar(0), 150);
     }
   });
+
+  // Versions of a message (Retry, an edit): ◀ 2/3 ▶ under it. The server lists them in a hidden box as
+  // [position, shown, count]; a choice goes back through a hidden button (layout.CHOOSE_VERSION_JS reads it).
+  const VERSION_TEXT = JSLM_VERSION_TEXT;
+  const versionText = VERSION_TEXT[(navigator.language || "ja").toLowerCase().startsWith("en") ? "en" : "ja"];
+  const choose = (position, version) => {
+    window.jslmVersionChoice = `${position}:${version}`;
+    document.querySelector("#jslm-version-switch")?.click();
+  };
+  const switcher = (position, shown, count) => {
+    const nav = document.createElement("div");
+    nav.className = "jslm-switcher";
+    nav.setAttribute("role", "group");
+    nav.setAttribute("aria-label", `${versionText.jslm_version} ${shown}/${count}`);
+    nav.dataset.state = `${position}:${shown}:${count}`;
+    const button = (label, symbol, target) => {
+      const element = document.createElement("button");
+      element.type = "button";
+      element.textContent = symbol;
+      element.setAttribute("aria-label", label);
+      element.title = label;
+      element.disabled = target < 0 || target >= count;
+      element.addEventListener("click", (event) => {
+        event.stopPropagation();
+        choose(position, target);
+      });
+      return element;
+    };
+    const where = document.createElement("span");
+    where.className = "jslm-switcher-count";
+    where.textContent = `${shown} / ${count}`;
+    nav.append(button(versionText.jslm_previous_version, "◀", shown - 2), where,
+               button(versionText.jslm_next_version, "▶", shown));
+    return nav;
+  };
+  let drawn = "";
+  const drawSwitchers = () => {
+    const raw = document.querySelector("#jslm-versions textarea")?.value || "[]";
+    const rows = [...document.querySelectorAll("#jslm-chatbot .message-wrap > .message-row")];
+    const key = `${raw}|${rows.length}|${document.querySelectorAll("#jslm-chatbot .jslm-switcher").length}`;
+    if (key === drawn) return;
+    drawn = key;
+    let wanted = [];
+    try { wanted = JSON.parse(raw); } catch { wanted = []; }
+    const keep = new Set();
+    for (const [position, shown, count] of wanted) {
+      const holder = rows[position]?.nextElementSibling;
+      if (!holder || !holder.classList.contains("message-buttons")) continue;
+      const state = `${position}:${shown}:${count}`;
+      let nav = holder.querySelector(":scope > .jslm-switcher");
+      if (nav?.dataset.state !== state) {
+        nav?.remove();
+        nav = switcher(position, shown, count);
+        holder.prepend(nav);
+      }
+      keep.add(nav);
+    }
+    document.querySelectorAll("#jslm-chatbot .jslm-switcher").forEach((nav) => keep.has(nav) || nav.remove());
+    drawn = `${raw}|${rows.length}|${keep.size}`;
+  };
+  new MutationObserver(() => requestAnimationFrame(drawSwitchers))
+    .observe(document.body, {subtree: true, childList: true});
+  setInterval(drawSwitchers, 300);  // the hidden box changes its value without a DOM mutation
 }

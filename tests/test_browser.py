@@ -260,6 +260,8 @@ def test_editing_an_earlier_message_replaces_the_later_turns_and_undo_still_work
     expect(page.locator(USER)).to_have_count(1, timeout=TIMEOUT_MS)
     expect(page.locator(USER)).to_have_text("直した質問")
     wait_for_reply(page, 1)
+    switcher = page.locator("#jslm-chatbot .jslm-switcher-count")
+    expect(switcher).to_have_text("2 / 2", timeout=TIMEOUT_MS)  # the earlier version is kept
     page.locator("#jslm-undo").click()
     expect(page.locator(USER)).to_have_count(0)
     expect(page.locator("#jslm-input textarea")).to_have_value("直した質問")

@@ -1,5 +1,5 @@
 """The chat's edges in a real browser (Debian's Chromium) on the demo model: blank input, refused edits and
-messages, extreme settings, a phone's first screen, votes, Undo, reload, delete, edit keys, exports, Stop.
+messages, extreme settings, a phone's first screen, votes, Undo, reload, delete, edit keys, exports, Stop, versions.
 
 Each test also keeps a screenshot under ``assets/screenshots/`` current where it shows the app at rest.
 """
@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 from pathlib import Path
 
 import pytest
 from helpers import wait_until
-from playwright.sync_api import expect
+from playwright.sync_api import Locator, Page, expect
 from test_browser import (  # noqa: F401  (app_url and browser are fixtures)
     BOT,
     SAVED,
@@ -138,3 +139,62 @@ def test_the_desktop_screen(page):
     page.set_viewport_size({"width": 1280, "height": 860})
     page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(SCREENSHOTS / "desktop.png"))
+
+
+SWITCHER = "#jslm-chatbot .jslm-switcher"
+
+
+def shown_version(page: Page) -> Locator:
+    return page.locator(f"{SWITCHER} .jslm-switcher-count")
+
+
+def retry(page: Page, versions: int) -> None:
+    """Press Retry and wait until reply version ``versions`` has finished."""
+    page.locator("#jslm-retry").click()
+    expect(shown_version(page)).to_have_text(f"{versions} / {versions}", timeout=TIMEOUT_MS)
+    expect(page.locator("#jslm-send")).to_be_visible(timeout=TIMEOUT_MS)
+    expect(page.locator("#jslm-status")).to_contain_text("完了", timeout=TIMEOUT_MS)
+
+
+def test_retry_keeps_each_version_the_chat_continues_from_the_one_shown_and_a_reload_keeps_it(page):
+    set_max_new_tokens(page, 8)
+    first = ask(page, "一つ目の質問", 1)
+    seed = re.search(r"シード \(seed\): (\d+)", page.locator("#jslm-status").inner_text()).group(1)
+    expect(page.locator(SWITCHER)).to_have_count(0)  # one version: no switcher
+    retry(page, 2)
+    retry(page, 3)
+    previous = page.locator(SWITCHER).get_by_role("button", name="前の版")
+    previous.click()
+    expect(shown_version(page)).to_have_text("2 / 3")
+    previous.click()
+    expect(shown_version(page)).to_have_text("1 / 3")
+    expect(previous).to_be_disabled()
+    expect(page.locator(BOT)).to_have_text([first])
+    page.mouse.move(0, 0)
+    page.screenshot(path=str(SCREENSHOTS / "versions-desktop.png"))
+    ask(page, "二つ目の質問", 2)  # continues from version 1
+    with page.expect_download() as download:
+        page.locator("#jslm-export-json").click()
+    messages = json.loads(Path(download.value.path()).read_text(encoding="utf-8"))["messages"]
+    assert [message["content"] for message in messages[:3]] == ["一つ目の質問", first.strip(), "二つ目の質問"]
+    assert messages[1]["seeds"] == [int(seed)] and messages[1]["settings"]["max_new_tokens"] == 8
+    assert messages[3]["seeds"][0] != int(seed)  # each reply with its own seed
+    page.locator(SWITCHER).get_by_role("button", name="次の版").click()  # version 2 had no second question
+    expect(page.locator(USER)).to_have_text(["一つ目の質問"])
+    previous.click()
+    expect(page.locator(USER)).to_have_text(["一つ目の質問", "二つ目の質問"])
+    expect(shown_version(page)).to_have_text("1 / 3")  # listed by the save that follows the switch
+    reload(page)
+    expect(shown_version(page)).to_have_text("1 / 3", timeout=TIMEOUT_MS)
+    expect(page.locator(BOT).first).to_have_text(first)
+    phone = page.context.new_page()  # the same browser's storage, on a phone
+    phone.set_viewport_size(PHONE)
+    phone.goto(page.url)
+    expect(shown_version(phone)).to_have_text("1 / 3", timeout=TIMEOUT_MS)
+    for button in phone.locator(f"{SWITCHER} button").all():
+        box = button.bounding_box()
+        assert box and box["width"] >= 40 and box["height"] >= 40, box  # a touch target
+    phone.locator(SWITCHER).get_by_role("button", name="次の版").click()
+    expect(shown_version(phone)).to_have_text("2 / 3")
+    expect(phone.locator(USER)).to_have_text(["一つ目の質問"])
+    phone.screenshot(path=str(SCREENSHOTS / "versions-phone.png"))

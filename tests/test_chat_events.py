@@ -19,10 +19,12 @@ from jslm_chat.model.params import SHOWN_SETTINGS
 from jslm_chat.web.chat_events import ChatHandlers, pending
 from jslm_chat.web.saved import MAX_SAVED_CONVERSATIONS, MAX_STORE_BYTES, NEW_CHAT_TITLE, STORE_VERSION, empty_store
 from jslm_chat.web.saved_events import ConversationHandlers
+from jslm_chat.web.versions import no_versions
 
 REQUEST = SimpleNamespace(session_hash="session-1")  # what the handlers read from gr.Request
 NAMES = [spec.name for spec in SHOWN_SETTINGS]
-EMPTIED = 6  # chat, status, Continue, generating, Send, Stop
+EMPTIED = 7  # chat, versions, status, Continue, generating, Send, Stop
+V = no_versions()
 
 
 @pytest.fixture(scope="module")
@@ -66,19 +68,19 @@ def reply_text(update: tuple[Any, ...]) -> str:
 
 def ask(handlers: ChatHandlers, history: list, message: str, **changed: Any) -> list[tuple[Any, ...]]:
     """Submit ``message`` and stream the reply to the end; the updates."""
-    _, history, generating, _, _, todo = handlers.submit(message, history, False)
+    _, history, generating, _, _, todo = handlers.submit(message, history, V, False)
     assert generating is True
-    return drive(handlers.respond(REQUEST, history, todo, *values(handlers, **changed)))
+    return drive(handlers.respond(REQUEST, history, V, todo, *values(handlers, **changed)))
 
 
 def test_submit_moves_the_message_into_the_chat_and_puts_stop_in_sends_place(handlers):
-    textbox, history, generating, send, stop, todo = handlers.submit("こんにちは", [], False)
+    textbox, history, generating, send, stop, todo = handlers.submit("こんにちは", [], V, False)
     assert (textbox, history, generating) == ("", [{"role": "user", "content": "こんにちは"}], True)
-    assert send.visible is False and stop.visible is True and todo == pending([], back=True)
+    assert send.visible is False and stop.visible is True and todo == pending([], V, back=True)
     for message, busy in (("   ", False), ("", False), ("二通目", True)):  # refused without an error
-        refused = handlers.submit(message, history, busy)
+        refused = handlers.submit(message, history, V, busy)
         assert all(update == gr.skip() for update in refused[:-1]) and refused[-1] is None
-        assert drive(handlers.respond(REQUEST, [*history], refused[-1], *values(handlers))) == []
+        assert drive(handlers.respond(REQUEST, [*history], V, refused[-1], *values(handlers))) == []
 
 
 def test_respond_streams_a_finished_reply_with_a_status_line(handlers):
@@ -95,8 +97,9 @@ def test_respond_streams_a_finished_reply_with_a_status_line(handlers):
 def test_a_bad_setting_puts_the_message_back_and_warns(handlers):
     history = [{"role": "user", "content": "質問"}]
     with pytest.warns(UserWarning, match="temperature"):
-        updates = drive(handlers.respond(REQUEST, history, pending([], back=True), *values(handlers, temperature=9.0)))
-    chat, textbox, status, _ = updates[-1]
+        todo = pending([], V, back=True)
+        updates = drive(handlers.respond(REQUEST, history, V, todo, *values(handlers, temperature=9.0)))
+    chat, textbox, status, _, _ = updates[-1]
     assert chat == [] and textbox == "質問" and status.startswith("⚠️")
 
 
@@ -104,14 +107,14 @@ def test_a_bad_setting_puts_the_message_back_and_warns(handlers):
 @pytest.mark.parametrize("stopper", ["stop", "undo", "edit", "new_chat", "open", "delete"])
 def test_stop_undo_edit_and_the_side_panel_stop_a_running_reply(handlers, saved, stopper):
     history = [{"role": "user", "content": "長いお話をしてください。"}]
-    other = saved.save(empty_store(), None, [{"role": "user", "content": "別の会話"}], *values(handlers))
+    other = saved.save(empty_store(), None, [{"role": "user", "content": "別の会話"}], V, *values(handlers))
     edit = gr.EditData(None, {"index": 0, "previous_value": "", "value": "x"})
     stop: dict[str, Callable[[], object]] = {
         "stop": lambda: handlers.stop(REQUEST),
-        "undo": lambda: handlers.undo(REQUEST, history),
-        "edit": lambda: handlers.edit(REQUEST, edit, history),
-        "new_chat": lambda: saved.new_chat(REQUEST, empty_store(), None, history, *values(handlers)),
-        "open": lambda: saved.open(REQUEST, other[1], other[0], None, history, *values(handlers)),
+        "undo": lambda: handlers.undo(REQUEST, history, V),
+        "edit": lambda: handlers.edit(REQUEST, edit, history, V),
+        "new_chat": lambda: saved.new_chat(REQUEST, empty_store(), None, history, V, *values(handlers)),
+        "open": lambda: saved.open(REQUEST, other[1], other[0], None, history, V, *values(handlers)),
         "delete": lambda: saved.delete(REQUEST, other[0], other[1]),
     }
     stopped_at: list[float] = []
@@ -121,9 +124,9 @@ def test_stop_undo_edit_and_the_side_panel_stop_a_running_reply(handlers, saved,
             stop[stopper]()
             stopped_at.append(time.monotonic())
 
-    todo = pending([], back=True)
+    todo = pending([], V, back=True)
     updates = drive(
-        handlers.respond(REQUEST, history, todo, *values(handlers, max_new_tokens=1500)), stop_once_streaming
+        handlers.respond(REQUEST, history, V, todo, *values(handlers, max_new_tokens=1500)), stop_once_streaming
     )
     assert stopped_at, "the reply never streamed"
     assert time.monotonic() - stopped_at[0] < 3, "the reply kept going after the stop"
@@ -133,14 +136,15 @@ def test_stop_undo_edit_and_the_side_panel_stop_a_running_reply(handlers, saved,
 
 def test_retry_answers_the_last_message_again(handlers):
     history = ask(handlers, [], "一つ目", max_new_tokens=8)[-1][0]
-    trimmed, generating, _, _, todo = handlers.retry(history, False)
+    trimmed, versions, generating, _, _, todo = handlers.retry(history, V, False)
     assert trimmed == history[:1] and generating is True
-    again = drive(handlers.respond(REQUEST, trimmed, todo, *values(handlers, max_new_tokens=8)))[-1][0]
+    again = drive(handlers.respond(REQUEST, trimmed, versions, todo, *values(handlers, max_new_tokens=8)))[-1][0]
     assert [message["role"] for message in again] == ["user", "assistant"]
     for empty, busy in (([], False), (history, True)):
-        assert handlers.retry(empty, busy)[-1] is None
-    refused = drive(handlers.respond(REQUEST, trimmed, todo, *values(handlers, temperature=9.0)))[-1]
+        assert handlers.retry(empty, V, busy)[-1] is None
+    refused = drive(handlers.respond(REQUEST, trimmed, versions, todo, *values(handlers, temperature=9.0)))[-1]
     assert refused[0] == history and refused[1] == gr.skip()  # a refused retry keeps the earlier reply
+    assert refused[4] == V  # ... and no second version of it
 
 
 @pytest.mark.usefixtures("endless_replies")
@@ -149,13 +153,16 @@ def test_continue_extends_a_reply_cut_at_max_new_tokens_in_the_same_bubble(handl
     assert "最大生成トークン数" in final[2]
     assert final[3].visible is True  # the Continue button appears
     history = final[0]
-    generating, _, _, todo = handlers.start_continue(history, False)
+    generating, _, _, todo = handlers.start_continue(history, final[4], False)
     assert generating is True
-    continued = drive(handlers.continue_reply(REQUEST, history, todo, *values(handlers, max_new_tokens=8)))[-1]
+    continued = drive(handlers.continue_reply(REQUEST, history, final[4], todo, *values(handlers, max_new_tokens=8)))
+    continued = continued[-1]
     assert len(continued[0]) == 2  # still one user message and one reply
     assert continued[0][1]["content"].startswith(history[1]["content"])
     assert len(continued[0][1]["content"]) > len(history[1]["content"])
-    assert handlers.start_continue(history[:1], False)[-1] is None
+    assert handlers.start_continue(history[:1], V, False)[-1] is None
+    seeds = continued[4]["made"]["1"]["seeds"]  # the reply's record: its generation's seed, then the Continue's
+    assert seeds[0] == final[4]["made"]["1"]["seeds"][0] and len(seeds) == 2
 
 
 def test_edit_replaces_the_later_turns_and_undo_still_works(handlers):
@@ -163,21 +170,25 @@ def test_edit_replaces_the_later_turns_and_undo_still_works(handlers):
     history = ask(handlers, history, "二つ目の質問", max_new_tokens=6)[-1][0]
     assert len(history) == 4
     edit = gr.EditData(None, {"index": 0, "previous_value": "一つ目の質問", "value": "直した質問"})
-    kept, generating, _, _, todo = handlers.edit(REQUEST, edit, history)
+    kept, versions, generating, _, _, todo = handlers.edit(REQUEST, edit, history, V)
     assert kept == [{"role": "user", "content": "直した質問"}] and generating is True
-    refused = drive(handlers.respond(REQUEST, kept, todo, *values(handlers, temperature=9.0)))[-1]
+    refused = drive(handlers.respond(REQUEST, kept, versions, todo, *values(handlers, temperature=9.0)))[-1]
     assert refused[0] == history and refused[1] == "直した質問"  # every turn kept, the edit back in the box
-    answered = drive(handlers.respond(REQUEST, kept, todo, *values(handlers, max_new_tokens=6)))[-1][0]
+    assert refused[4] == V
+    answered = drive(handlers.respond(REQUEST, kept, versions, todo, *values(handlers, max_new_tokens=6)))[-1]
+    answered, versions = answered[0], answered[4]
     assert [message["content"] for message in answered[:1]] == ["直した質問"] and len(answered) == 2
-    undone, textbox, status = handlers.undo(REQUEST, answered)
-    assert undone == [] and textbox == "直した質問" and status == ""
+    earlier, _ = handlers.switch_version("0:0", answered, versions, False)[:2]
+    assert earlier == history  # the edit kept the earlier version: the first question and everything after it
+    undone, versions, textbox, status = handlers.undo(REQUEST, answered, versions)
+    assert undone == [] and versions == V and textbox == "直した質問" and status == ""
     reply_edit = gr.EditData(None, {"index": 1, "previous_value": "", "value": "x"})
-    assert handlers.edit(REQUEST, reply_edit, answered)[-1] is None  # a reply is not editable
+    assert handlers.edit(REQUEST, reply_edit, answered, V)[-1] is None  # a reply is not editable
     for text in ("   ", "長" * 30_000):  # refused: every turn stays
         blank = gr.EditData(None, {"index": 2, "previous_value": "二つ目の質問", "value": text})
         with pytest.warns(UserWarning):
             chat, *_, todo = handlers.edit(
-                REQUEST, blank, [*history[:2], {"role": "user", "content": text}, history[3]]
+                REQUEST, blank, [*history[:2], {"role": "user", "content": text}, history[3]], V
             )
         assert chat == history and todo is None
 
@@ -189,8 +200,8 @@ def test_undo_removes_the_last_turn_and_gives_its_message_back(handlers):
         {"role": "user", "content": [{"type": "text", "text": "二"}]},
         {"role": "assistant", "content": "に"},
     ]
-    assert handlers.undo(REQUEST, history) == (history[:2], "二", "")
-    assert handlers.undo(REQUEST, [])[0] == []
+    assert handlers.undo(REQUEST, history, V) == (history[:2], V, "二", "")
+    assert handlers.undo(REQUEST, [], V)[0] == []
 
 
 def test_reset_gives_the_presets_defaults(handlers, service):
@@ -203,10 +214,12 @@ def test_reset_gives_the_presets_defaults(handlers, service):
 
 
 def test_a_conversation_is_saved_with_its_settings_and_titled_by_its_first_message(handlers, saved):
-    store, current, _, title = saved.save(empty_store(), None, [], *values(handlers))
+    store, current, _, title, _ = saved.save(empty_store(), None, [], V, *values(handlers))
     assert current is None and store["conversations"] == []  # nothing to save yet
     history = [{"role": "user", "content": "富士山の高さは？\n詳しく"}, {"role": "assistant", "content": "3776 m"}]
-    store, current, listing, title = saved.save(store, None, history, *values(handlers, temperature=0.3, seed="42"))
+    store, current, listing, title, _ = saved.save(
+        store, None, history, V, *values(handlers, temperature=0.3, seed="42")
+    )
     assert current and title == "富士山の高さは？"
     assert listing.choices == [("富士山の高さは？", current)] and listing.value == current
     stored = json.loads(json.dumps(store))  # what local storage keeps
@@ -216,24 +229,24 @@ def test_a_conversation_is_saved_with_its_settings_and_titled_by_its_first_messa
     assert conversation["settings"]["temperature"] == 0.3 and conversation["settings"]["seed"] == 42
     # A reload opens the conversation that was open, with its settings.
     loaded = saved.load(stored)
-    assert loaded[1] == current and loaded[3] == "富士山の高さは？" and loaded[4] == history
-    assert dict(zip(NAMES, loaded[5:], strict=True))["temperature"] == 0.3
+    assert loaded[1] == current and loaded[3] == "富士山の高さは？" and loaded[5] == history and loaded[6] == V
+    assert dict(zip(NAMES, loaded[7:], strict=True))["temperature"] == 0.3
     assert saved.load(None)[:2] == (empty_store(), None)
-    assert all(update == gr.skip() for update in saved.load(None)[4:])  # nothing to restore: chat, settings kept
+    assert all(update == gr.skip() for update in saved.load(None)[5:])  # nothing to restore: chat, settings kept
 
 
 def test_switching_saves_the_open_conversation_and_opens_the_other(handlers, saved):
     first = [{"role": "user", "content": "一つ目"}, {"role": "assistant", "content": "いち"}]
     second = [{"role": "user", "content": "二つ目"}]
-    store, first_id, _, _ = saved.save(empty_store(), None, first, *values(handlers, top_k=7))
-    store, second_id, listing, _ = saved.save(store, None, second, *values(handlers, top_k=9))
+    store, first_id, *_ = saved.save(empty_store(), None, first, V, *values(handlers, top_k=7))
+    store, second_id, listing, *_ = saved.save(store, None, second, V, *values(handlers, top_k=9))
     assert [choice[1] for choice in listing.choices] == [second_id, first_id]  # newest first
     longer = [*second, {"role": "assistant", "content": "に"}]
-    opened = saved.open(REQUEST, first_id, store, second_id, longer, *values(handlers, top_k=11))
-    store, current, _, title, chat, status, button, generating, send, _ = opened[:10]
+    opened = saved.open(REQUEST, first_id, store, second_id, longer, V, *values(handlers, top_k=11))
+    store, current, _, title, _, chat, _, status, button, generating, send, _ = opened[:12]
     assert (current, title, chat, status, generating) == (first_id, "一つ目", first, "", False)
     assert button.visible is False and send.visible is True
-    assert dict(zip(NAMES, opened[10:], strict=True))["top_k"] == 7
+    assert dict(zip(NAMES, opened[12:], strict=True))["top_k"] == 7
     assert saved.load(store)[1] == first_id  # a reload reopens it, not the newest
     left = next(item for item in store["conversations"] if item["id"] == second_id)
     assert left["messages"] == longer and left["settings"]["top_k"] == 11
@@ -241,18 +254,20 @@ def test_switching_saves_the_open_conversation_and_opens_the_other(handlers, sav
 
 def test_new_chat_rename_and_delete(handlers, saved):
     history = [{"role": "user", "content": "名前のない会話"}]
-    store, current, _, _ = saved.save(empty_store(), None, history, *values(handlers))
+    store, current, *_ = saved.save(empty_store(), None, history, V, *values(handlers))
     store, listing, title = saved.rename(store, current, "  大事な話  ")
     assert title == "大事な話" and listing.choices == [("大事な話", current)]
     assert saved.rename(store, current, "")[2] == "名前のない会話"  # an empty name goes back to the message
-    store, new_current, listing, title, chat, *_ = saved.new_chat(REQUEST, store, current, history, *values(handlers))
+    store, new_current, listing, title, _, chat, *_ = saved.new_chat(
+        REQUEST, store, current, history, V, *values(handlers)
+    )
     assert (new_current, title, chat, listing.value) == (None, "", [], None)
     assert len(store["conversations"]) == 1  # the conversation left stays saved
     assert all(update == gr.skip() for update in saved.delete(REQUEST, store, None))  # not confirmed
     store, deleted_current, listing, *_ = saved.delete(REQUEST, store, current)
     assert store["conversations"] == [] and listing.choices == [] and deleted_current is None
-    store, current, *_ = saved.save(store, None, history, *values(handlers))
-    store, current, *_ = saved.save(store, current, [], *values(handlers))  # every turn undone
+    store, current, *_ = saved.save(store, None, history, V, *values(handlers))
+    store, current, *_ = saved.save(store, current, [], V, *values(handlers))  # every turn undone
     assert store["conversations"] == [] and current is None  # no empty conversation is kept
 
 
@@ -294,7 +309,7 @@ def test_good_conversations_survive_beside_malformed_ones_and_bad_settings_fall_
     with pytest.warns(UserWarning, match="3 件"):  # a bad conversation, a bad setting, a duplicate id
         loaded = saved.load(store)
     assert [item["id"] for item in loaded[0]["conversations"]] == ["id-2"]
-    settings = dict(zip(NAMES, loaded[5:], strict=True))
+    settings = dict(zip(NAMES, loaded[7:], strict=True))
     assert settings["temperature"] == service.backend.preset.default_settings()["temperature"]
     assert settings["top_k"] == 5
 
@@ -310,7 +325,7 @@ def test_storage_is_bounded_to_the_newest_conversations(handlers, saved):
     big = [{"role": "user", "content": "長" * 100_000}]
     store = empty_store()
     for _ in range(12):
-        store = saved.save(store, None, big, *values(handlers))[0]
+        store = saved.save(store, None, big, V, *values(handlers))[0]
     assert len(json.dumps(store, ensure_ascii=False).encode("utf-8")) <= MAX_STORE_BYTES + 100
     assert 5 <= len(store["conversations"]) < 12
 
@@ -328,7 +343,33 @@ def test_thirty_replies_and_their_exports_write_nothing_to_disk(handlers, monkey
     for turn in range(30):
         updates = ask(handlers, history[-6:], f"質問 {turn}", max_new_tokens=4)
         history = updates[-1][0]
-        exported = json.loads(handlers.export_json(history, *values(handlers)))
+        exported = json.loads(handlers.export_json(history, V, *values(handlers)))
         assert exported["messages"][-1]["role"] == "assistant"
-        assert handlers.export_markdown(history, *values(handlers)).startswith("# 会話ログ")
+        assert handlers.export_markdown(history, V, *values(handlers)).startswith("# 会話ログ")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_strangers_huge_versions_are_left_out_with_one_log_line(saved, caplog):
+    huge = {
+        "branches": {
+            "1": {"shown": 1, "tails": [{"messages": [{"role": "assistant", "content": "長" * 900_000}]}, None]}
+        }
+    }
+    store = {"version": STORE_VERSION, "conversations": [_stored(1, versions=huge)]}
+    with caplog.at_level("INFO", logger="jslm_chat"), pytest.warns(UserWarning, match="1 件"):
+        loaded = saved.load(store)
+    assert [record.levelname for record in caplog.records if "refused" in record.message] == ["INFO"]
+    assert loaded[5] == _stored(1)["messages"] and loaded[6] == V  # the conversation stays, without them
+    assert "versions" in loaded[0]["conversations"][0] and loaded[4] == "[]"
+
+
+def test_what_a_session_keeps_in_memory_is_bounded_as_what_it_saves(handlers, caplog):
+    history = [{"role": "user", "content": "長" * 150_000}, {"role": "assistant", "content": "答え"}]
+    history += [{"role": "user", "content": "次"}, {"role": "assistant", "content": "はい"}]
+    versions = V
+    with caplog.at_level("INFO", logger="jslm_chat"):
+        for n in range(8):  # each edit of the first message keeps the earlier version, 150,000 characters
+            edit = gr.EditData(None, {"index": 0, "previous_value": "長" * 150_000, "value": f"短い {n}"})
+            _, versions, *_ = handlers.edit(REQUEST, edit, history, versions)
+    assert len(versions["branches"]["0"]["tails"]) == 6  # five kept (750,000 characters), then let go
+    assert sum("refused" in record.message for record in caplog.records) == 3

@@ -112,7 +112,8 @@ def test_a_session_keeps_no_copy_of_a_large_request_and_deep_links_write_nothing
     url, *_, app = server
     history = browser_history(*[("user", "日本の四季について。" * 10_000), ("assistant", "はい。")])
     with client_at(url) as http:
-        body = {"fn_index": fn_index(http, "export_json"), "data": [history, *CONTROLS], "session_hash": "large-17"}
+        data = [history, None, *CONTROLS]  # None: the versions, kept on the server
+        body = {"fn_index": fn_index(http, "export_json"), "data": data, "session_hash": "large-17"}
         assert http.post("/gradio_api/run/predict", json=body).status_code == 200
         link = http.get("/gradio_api/deep_link", params={"session_hash": "large-17"})
     assert link.status_code == 404 and " / " in link.json()["error"]
@@ -177,9 +178,9 @@ def test_votes_are_checked_rate_bound_and_refer_to_a_received_reply(server):
         assert not log.exists(), "a reply never sent was recorded"
         controls = [*CONTROLS]
         controls[SHOWN_SETTINGS.index(next(s for s in SHOWN_SETTINGS if s.name == "max_new_tokens"))] = 8
-        sent = {"fn_index": fn_index(http, "submit"), "data": ["こんにちは", [], False], "session_hash": "s-vote"}
+        sent = {"fn_index": fn_index(http, "submit"), "data": ["こんにちは", [], None, False], "session_hash": "s-vote"}
         chat = http.post("/gradio_api/run/predict", json=sent).json()["data"][1]  # as the browser: submit, then reply
-        received = run_queued(http, fn_index(http, "respond"), [chat, None, *controls], "s-vote")[0]
+        received = run_queued(http, fn_index(http, "respond"), [chat, None, None, *controls], "s-vote")[0]
         assert received[-1]["role"] == "assistant"
         assert send_vote(received, "c" * 2_001, "s-vote").json()["data"] == ["c" * 2_001]  # kept in the box
         assert not log.exists(), "a comment over the limit was recorded"
@@ -285,7 +286,7 @@ def test_exports_name_the_model_never_a_server_path(server, demo_model_path):
     with client_at(url) as http:
         answer = http.post(
             "/gradio_api/run/predict",
-            json={"fn_index": fn_index(http, "export_json"), "data": [browser_history(("user", "q")), *CONTROLS]},
+            json={"fn_index": fn_index(http, "export_json"), "data": [browser_history(("user", "q")), None, *CONTROLS]},
         )
     exported = json.loads(answer.json()["data"][0])
     assert exported["metadata"]["model"] and "/" not in exported["metadata"]["model"]

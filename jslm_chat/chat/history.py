@@ -10,6 +10,8 @@ more than the bounds below) is refused with a clear bilingual message.
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -120,3 +122,111 @@ def _role(message: object) -> str:
             f" / each history item must be a dict with role user or assistant: {str(message)[:80]!r}"
         )
     return str(message["role"])
+
+
+MAX_VERSIONS = 500
+"""Kept versions (tails) of a conversation, at every depth together."""
+MAX_VERSION_CHARS = 2 * MAX_HISTORY_CHARS
+"""Characters of every kept version's messages together (about what the browser's storage holds)."""
+MAX_VERSION_DEPTH = 32
+"""Versions inside versions (a version switched away from keeps its own later versions)."""
+MAX_RECORD_CHARS = 20_000
+"""JSON characters of one reply's record (its seeds and settings, a system prompt included)."""
+MAX_SEEDS = 64
+"""Seeds in one reply's record: its generation and each Continue."""
+
+
+def no_versions() -> dict[str, Any]:
+    """A conversation with one version of every message and no records of how replies were made."""
+    return {"branches": {}, "made": {}}
+
+
+def versions_error(reason: str) -> ChatInputError:
+    """The error for a conversation's unreadable versions."""
+    return ChatInputError(f"会話の版（再生成・編集の履歴）が読み取れません / unreadable message versions: {reason}")
+
+
+def checked_versions(raw: object, length: int) -> dict[str, Any]:
+    """A conversation's versions (see ``jslm_chat.web.versions``) for a chat of ``length`` messages, checked.
+
+    None (a conversation saved before versions existed) is no versions. Anything malformed or beyond
+    :data:`MAX_VERSIONS`, :data:`MAX_VERSION_DEPTH`, :data:`MAX_VERSION_CHARS` or :data:`MAX_RECORD_CHARS`
+    raises :class:`ChatInputError`.
+    """
+    budget = {"versions": MAX_VERSIONS, "chars": MAX_VERSION_CHARS}
+    return no_versions() if raw is None else _checked_level(raw, length, 0, budget)
+
+
+def _checked_level(raw: object, length: int, depth: int, budget: dict[str, int]) -> dict[str, Any]:
+    if depth > MAX_VERSION_DEPTH:
+        raise versions_error(f"nested deeper than {MAX_VERSION_DEPTH}")
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("branches", {}), Mapping):
+        raise versions_error("not a {branches, made} object")
+    if not isinstance(raw.get("made", {}), Mapping):
+        raise versions_error("not a {branches, made} object")
+    branches = {
+        _position(pos, length): _checked_branch(branch, depth, budget)
+        for pos, branch in raw.get("branches", {}).items()
+    }
+    made = {_position(pos, length - 1): _checked_record(record) for pos, record in raw.get("made", {}).items()}
+    return {"branches": branches, "made": made}
+
+
+def _position(pos: object, highest: int) -> str:
+    if not (isinstance(pos, str) and pos.isdigit() and len(pos) <= 6 and int(pos) <= highest):
+        raise versions_error(f"position {str(pos)[:20]!r} is not a message of the conversation")
+    return str(int(pos))
+
+
+def _checked_branch(raw: object, depth: int, budget: dict[str, int]) -> dict[str, Any]:
+    tails = raw.get("tails") if isinstance(raw, Mapping) else None
+    shown = raw.get("shown") if isinstance(raw, Mapping) else None
+    if not isinstance(tails, list) or type(shown) is not int or not 0 <= shown < len(tails):
+        raise versions_error("a branch is not {shown, tails}")
+    budget["versions"] -= len(tails) - 1
+    if budget["versions"] < 0:
+        raise versions_error(f"more than {MAX_VERSIONS} versions")
+    checked: list[dict[str, Any] | None] = []
+    for index, tail in enumerate(tails):
+        if (tail is None) != (index == shown):
+            raise versions_error("the shown version must be the chat itself, and only it")
+        checked.append(None if tail is None else _checked_tail(tail, depth, budget))
+    return {"shown": shown, "tails": checked}
+
+
+def _checked_tail(raw: object, depth: int, budget: dict[str, int]) -> dict[str, Any]:
+    messages = raw.get("messages") if isinstance(raw, Mapping) else None
+    if not isinstance(messages, list) or len(messages) > MAX_HISTORY_MESSAGES:
+        raise versions_error("a version's messages are not a list")
+    plain = []
+    for index, message in enumerate(messages):
+        try:
+            text = _message_text(message, index) if _role(message) != "system" else ""
+        except ChatInputError as error:
+            raise versions_error(str(error)) from None
+        budget["chars"] -= len(text)
+        plain.append({"role": str(message["role"]), "content": text})
+    if budget["chars"] < 0:
+        raise versions_error(f"more than {MAX_VERSION_CHARS:,} characters in all versions")
+    return {"messages": plain, **_checked_level(raw, len(plain), depth + 1, budget)}
+
+
+def _plain_value(value: object) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return value is None or isinstance(value, (str, int, bool))
+
+
+def _checked_record(raw: object) -> dict[str, Any]:
+    seeds = raw.get("seeds") if isinstance(raw, Mapping) else None
+    settings = raw.get("settings") if isinstance(raw, Mapping) else None
+    if not isinstance(seeds, list) or not 0 < len(seeds) <= MAX_SEEDS or not isinstance(settings, Mapping):
+        raise versions_error("a reply's record is not {seeds, settings}")
+    if not all(isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**64 for seed in seeds):
+        raise versions_error("a seed is not a whole number")
+    if not all(isinstance(key, str) and _plain_value(value) for key, value in settings.items()):
+        raise versions_error("a reply's settings are not plain values")
+    record = {"seeds": list(seeds), "settings": dict(settings)}
+    if len(json.dumps(record, ensure_ascii=False)) > MAX_RECORD_CHARS:
+        raise versions_error(f"a reply's record is over {MAX_RECORD_CHARS:,} characters")
+    return record

@@ -1,8 +1,9 @@
-"""What the browser UI's events do: send, stream, stop, retry, continue, edit, undo, export, vote.
+"""What the browser UI's events do: send, stream, stop, retry, continue, edit, undo, versions, export, vote.
 
 :class:`ChatHandlers` holds no Gradio layout: ``ui.py`` wires its methods to components, and the
 tests drive them directly. Every reply goes through :class:`~jslm_chat.chat.service.ChatService`.
-Settings arrive as the values of the controls in :data:`~jslm_chat.model.params.SHOWN_SETTINGS` order.
+Settings arrive as the values of the controls in :data:`~jslm_chat.model.params.SHOWN_SETTINGS` order; the
+chat's versions (:mod:`jslm_chat.web.versions`) travel beside the chat.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 import gradio as gr
 
-from jslm_chat.chat.history import ChatInputError, content_text
+from jslm_chat.chat.history import ChatInputError, checked_versions, content_text
 from jslm_chat.chat.service import MAX_MESSAGE_CHARS, ChatService, Done, InLine, log_user_error, stream_events
 from jslm_chat.model.errors import UserError
 from jslm_chat.model.params import checked_text
@@ -36,18 +37,19 @@ from jslm_chat.web.text import (
     status_line,
     waiting_line,
 )
+from jslm_chat.web.versions import Versions, branched, recorded, switched, trimmed
 
 MAX_COMMENT_CHARS = 2_000
 NOT_A_REPLY = "評価できるのは、この画面で受け取った返答だけです。 / You can only rate a reply this page received."
 Pending = dict[str, Any] | None
-"""What a reply event is to answer: ``{"before": history, "back": bool}`` (the chat to go back to, and
-whether the message goes back into the textbox, if the reply is refused), or None for nothing.
-Refused events set None instead of raising, so no error badge covers the chat."""
+"""What a reply event is to answer: ``{"before": history, "versions": versions, "back": bool}`` (the chat and
+its versions to go back to, and whether the message goes back into the textbox, if the reply is refused), or
+None for nothing. Refused events set None instead of raising, so no error badge covers the chat."""
 
 
-def pending(before: History, *, back: bool) -> dict[str, Any]:
-    """A reply to make; ``before`` is restored if it is refused."""
-    return {"before": list(before), "back": back}
+def pending(before: History, versions: Versions, *, back: bool) -> dict[str, Any]:
+    """A reply to make; ``before`` and ``versions`` are restored if it is refused."""
+    return {"before": list(before), "versions": versions, "back": back}
 
 
 def _trim_to_last_user_message(history: Sequence[Message]) -> History:
@@ -84,6 +86,24 @@ def checked_vote(
     return messages[: index + 1]
 
 
+def kept_version(versions: Versions, history: History, at: int) -> Versions:
+    """The versions with the chat's tail from ``at`` on kept as an earlier version, within the bounds of saved
+    versions (``checked_versions``); past them, the tail is let go (one log line): what a browser session keeps
+    in the server's memory is bounded as what it saves."""
+    kept = branched(versions, history, at)
+    try:
+        checked_versions(kept, at + 1)
+    except ChatInputError as error:
+        log_user_error(error)
+        return branched(versions, history[:at], at)
+    return kept
+
+
+def made_with(params: object, values: Sequence[Any]) -> dict[str, Any]:
+    """The settings a reply is made with: the checked parameters, by the controls' names."""
+    return {name: getattr(params, name, value) for name, value in settings_by_name(values).items()}
+
+
 class ChatHandlers:
     """The UI's event handlers for one chat service (shared by every browser session)."""
 
@@ -95,7 +115,7 @@ class ChatHandlers:
         """Every control's starting value (the reset button)."""
         return control_values(self.service.backend.preset.default_settings())
 
-    def submit(self, message: str, history: History, generating: bool) -> tuple[Any, ...]:
+    def submit(self, message: str, history: History, versions: Versions, generating: bool) -> tuple[Any, ...]:
         """Move a non-empty message from the textbox into the chat (the reply follows).
 
         Returns (textbox, chat, generating, send, stop, pending); a blank message changes nothing.
@@ -103,38 +123,43 @@ class ChatHandlers:
         if generating or not (message or "").strip():
             return *skipped(2 + SENDING_OUTPUTS), None
         before = list(history)
-        return "", [*before, {"role": "user", "content": message}], *sending_allowed(True), pending(before, back=True)
+        asked = [*before, {"role": "user", "content": message}]
+        return "", asked, *sending_allowed(True), pending(before, versions, back=True)
 
     async def respond(
-        self, request: gr.Request, history: History, todo: Pending, *values: Any
+        self, request: gr.Request, history: History, versions: Versions, todo: Pending, *values: Any
     ) -> AsyncIterator[tuple[Any, ...]]:
         """Stream the reply to the pending last user message into the chat and the status line."""
         if todo is None or not history or history[-1].get("role") != "user":
             return
         message = content_text(history[-1].get("content"))
-        async for update in self._stream(history[:-1], message, values, request, todo, continue_reply=False):
+        made = (history[:-1], message, versions, values)
+        async for update in self._stream(made, request, todo, continue_reply=False):
             yield update
 
     async def continue_reply(
-        self, request: gr.Request, history: History, todo: Pending, *values: Any
+        self, request: gr.Request, history: History, versions: Versions, todo: Pending, *values: Any
     ) -> AsyncIterator[tuple[Any, ...]]:
         """Extend the last reply, which was cut off at max_new_tokens, in the same bubble."""
         if todo is None or not history or history[-1].get("role") != "assistant":
             return
-        async for update in self._stream(history, "", values, request, todo, continue_reply=True):
+        async for update in self._stream((history, "", versions, values), request, todo, continue_reply=True):
             yield update
 
     async def _stream(
         self,
-        past: History,
-        message: str,
-        values: Sequence[Any],
+        made: tuple[History, str, Versions, Sequence[Any]],
         request: gr.Request,
         todo: dict[str, Any],
         *,
         continue_reply: bool,
     ) -> AsyncIterator[tuple[Any, ...]]:
-        """Yields (chat, textbox, status, continue button) updates."""
+        """Streams the reply to ``made`` (past, message, versions, settings' values).
+
+        Yields (chat, textbox, status, continue button, versions) updates; the finished reply is recorded
+        in the versions with its seed and settings.
+        """
+        past, message, versions, values = made
         service, session = self.service, request.session_hash
         shown = past if continue_reply else [*past, {"role": "user", "content": message}]
         before = _trim_to_last_user_message(past) if continue_reply else shown
@@ -143,21 +168,26 @@ class ChatHandlers:
             job = service.start(chat_request, session, client=client_of(request))
             if job.reply.prompt.dropped_turns:
                 gr.Info(dropped_notice(job.reply.prompt.dropped_turns))
-            yield gr.skip(), gr.skip(), STARTING, gr.Button(visible=False)
+            settings = made_with(chat_request.params, values)
+            yield gr.skip(), gr.skip(), STARTING, gr.Button(visible=False), gr.skip()
             async for event in stream_events(service, job, session):
                 if isinstance(event, InLine):
-                    yield gr.skip(), gr.skip(), waiting_line(event.ahead), gr.skip()
+                    yield gr.skip(), gr.skip(), waiting_line(event.ahead), gr.skip(), gr.skip()
                     continue
                 shown = [*before, {"role": "assistant", "content": event.text}]
                 done = isinstance(event, Done)
                 reason = event.finish_reason if isinstance(event, Done) else None
                 status = status_line(event.reply, service.backend.context_length, reason)
-                yield shown, gr.skip(), status, gr.Button(visible=done and reason == "length")
+                record = gr.skip()
+                if done and event.text:
+                    record = recorded(versions, len(before), event.reply.seed, settings, continued=continue_reply)
+                yield shown, gr.skip(), status, gr.Button(visible=done and reason == "length"), record
         except UserError as error:
             log_user_error(error)
             gr.Warning(str(error), duration=None)
             # Nothing typed is lost: the chat goes back to where it was, a new message into the textbox.
-            yield todo["before"], message if todo["back"] else gr.skip(), f"⚠️ {error}", gr.skip()
+            back = message if todo["back"] else gr.skip()
+            yield todo["before"], back, f"⚠️ {error}", gr.skip(), todo["versions"]
 
     def stop(self, request: gr.Request) -> None:
         """Stop this browser session's reply (in line, preparing or streaming)."""
@@ -167,34 +197,36 @@ class ChatHandlers:
         """After a reply (finished, failed, stopped, undone or refused): allow sending again."""
         return sending_allowed(False)
 
-    def retry(self, history: History, generating: bool) -> tuple[Any, ...]:
-        """Drop the last reply so that the last user message is answered again.
+    def retry(self, history: History, versions: Versions, generating: bool) -> tuple[Any, ...]:
+        """Answer the last user message again; the last reply is kept as an earlier version.
 
-        Returns (chat, generating, send, stop, pending).
+        Returns (chat, versions, generating, send, stop, pending).
         """
-        trimmed = _trim_to_last_user_message(history)
-        if generating or not trimmed:
-            return *skipped(1 + SENDING_OUTPUTS), None
-        return trimmed, *sending_allowed(True), pending(history, back=False)
+        asked = _trim_to_last_user_message(history)
+        if generating or not asked:
+            return *skipped(2 + SENDING_OUTPUTS), None
+        kept = kept_version(versions, history, len(asked))
+        return asked, kept, *sending_allowed(True), pending(history, versions, back=False)
 
-    def start_continue(self, history: History, generating: bool) -> tuple[Any, ...]:
+    def start_continue(self, history: History, versions: Versions, generating: bool) -> tuple[Any, ...]:
         """Check that there is a reply to continue, and mark the chat as generating.
 
         Returns (generating, send, stop, pending).
         """
         if generating or not history or history[-1].get("role") != "assistant":
             return *skipped(SENDING_OUTPUTS), None
-        return *sending_allowed(True), pending(history, back=False)
+        return *sending_allowed(True), pending(history, versions, back=False)
 
-    def edit(self, request: gr.Request, edit: gr.EditData, history: History) -> tuple[Any, ...]:
-        """An edited user message replaces everything after it; its new reply follows.
+    def edit(self, request: gr.Request, edit: gr.EditData, history: History, versions: Versions) -> tuple[Any, ...]:
+        """An edited user message starts a new version of the conversation from it; its new reply follows.
 
-        A refused edit (blank, too long) keeps every turn as it was. Returns (chat, generating, send, stop, pending).
+        The earlier version (the message as it was and everything after it) is kept. A refused edit (blank,
+        too long) keeps every turn as it was. Returns (chat, versions, generating, send, stop, pending).
         """
         self.service.stop(request.session_hash)
         index = _index(edit)
         if not isinstance(index, int) or not 0 <= index < len(history) or history[index].get("role") != "user":
-            return *skipped(1), *sending_allowed(False), None
+            return *skipped(2), *sending_allowed(False), None
         original = [*history[:index], {"role": "user", "content": content_text(edit.previous_value)}]
         original += history[index + 1 :]
         text = content_text(edit.value).strip()
@@ -205,34 +237,51 @@ class ChatHandlers:
         except ChatInputError as error:
             log_user_error(error)
             gr.Warning(str(error))
-            return original, *sending_allowed(False), None
+            return original, gr.skip(), *sending_allowed(False), None
         kept = [*history[:index], {"role": "user", "content": text}]
-        return kept, *sending_allowed(True), pending(original, back=True)
+        branch = kept_version(versions, original, index)
+        return kept, branch, *sending_allowed(True), pending(original, versions, back=True)
 
-    def undo(self, request: gr.Request, history: History) -> tuple[Any, ...]:
-        """Stop any reply, remove the last turn and put its message back into the textbox.
+    def undo(self, request: gr.Request, history: History, versions: Versions) -> tuple[Any, ...]:
+        """Stop any reply, remove the last turn (its versions too) and put its message back into the textbox.
 
-        Returns (chat, textbox, status): the removed reply's figures leave the status line.
+        Returns (chat, versions, textbox, status): the removed reply's figures leave the status line.
         """
         self.service.stop(request.session_hash)
-        trimmed = _trim_to_last_user_message(history)
-        if not trimmed:
-            return [], gr.skip(), ""
-        last = trimmed.pop()
-        return trimmed, content_text(last.get("content")), ""
+        kept = _trim_to_last_user_message(history)
+        if not kept:
+            return [], trimmed(versions, 0), gr.skip(), ""
+        last = kept.pop()
+        return kept, trimmed(versions, len(kept)), content_text(last.get("content")), ""
+
+    def switch_version(self, choice: object, history: History, versions: Versions, generating: bool) -> tuple[Any, ...]:
+        """Show another version of a message (``choice``: "position:version", from 0); the chat continues from it.
+
+        Returns (chat, versions, status, continue button); nothing changes while a reply is on its way or for a
+        choice that names no version (one log line).
+        """
+        if generating:
+            return skipped(4)
+        try:
+            at, to = (int(part) for part in str(choice).split(":", 1))
+            shown, kept = switched(versions, history, at, to)
+        except (ChatInputError, ValueError) as error:
+            log_user_error(error)
+            return skipped(4)
+        return shown, kept, "", gr.Button(visible=False)
 
     def export_metadata(self, values: Sequence[Any]) -> dict[str, Any]:
         """The model (its id, never a path on the server), where it runs, and the settings."""
         backend = self.service.backend
         return {"model": backend.preset.public_id, "runs_on": backend.runs_on, **settings_by_name(values)}
 
-    def export_json(self, history: History, *values: Any) -> str:
-        """The conversation as JSON text (downloaded by the browser; nothing is written on the server)."""
-        return to_json(history, self.export_metadata(values))
+    def export_json(self, history: History, versions: Versions, *values: Any) -> str:
+        """The conversation as shown, as JSON text, each reply with its record (downloaded by the browser)."""
+        return to_json(history, self.export_metadata(values), versions.get("made", {}))
 
-    def export_markdown(self, history: History, *values: Any) -> str:
-        """The conversation as Markdown text (downloaded by the browser)."""
-        return to_markdown(history, self.export_metadata(values))
+    def export_markdown(self, history: History, versions: Versions, *values: Any) -> str:
+        """The conversation as shown, as Markdown text, each reply with its seed (downloaded by the browser)."""
+        return to_markdown(history, self.export_metadata(values), versions.get("made", {}))
 
     def vote(self, request: gr.Request, like: gr.LikeData, history: History, comment: str, *values: Any) -> str:
         """Record a 👍/👎 on a reply this session received (with the optional comment); clears the comment box.

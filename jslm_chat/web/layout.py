@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ from jslm_chat.web.chat_events import ChatHandlers
 from jslm_chat.web.feedback import FeedbackLog
 from jslm_chat.web.saved import empty_store
 from jslm_chat.web.saved_events import ConversationHandlers
-from jslm_chat.web.text import DELETE_CONFIRM, TRANSLATIONS, header_html
+from jslm_chat.web.text import DELETE_CONFIRM, TRANSLATIONS, VERSION_TEXT_KEYS, header_html
+from jslm_chat.web.versions import no_versions
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 LATEX_DELIMITERS = [
@@ -57,6 +59,8 @@ CONFIRM_DELETE_JS = f"""(store, current) => {{
   const text = {DELETE_CONFIRM!r};
   return current && window.confirm(text) ? [store, current] : [store, null];
 }}"""
+CHOOSE_VERSION_JS = "(choice, ...rest) => [window.jslmVersionChoice || '', ...rest]"
+"""The switcher's click (``assets/app.js``) leaves "position:version" here for the hidden switch button."""
 CHAT_HEIGHT = "clamp(240px, calc(100dvh - 360px), 620px)"
 """The chat fills the screen above the message box, a phone's included (the box is visible without scrolling)."""
 INPUT_RESERVE_TOKENS = 256
@@ -68,6 +72,8 @@ STORAGE_SECRET = "jslm-chat"  # Gradio encrypts the stored value with this key. 
 # server restart, which Gradio's default (a random key per start) would lose.
 
 i18n = gr.I18n(**TRANSLATIONS)
+VERSION_TEXT = {language: {key: TRANSLATIONS[language][key] for key in VERSION_TEXT_KEYS} for language in ("ja", "en")}
+"""The switcher's labels for ``assets/app.js`` (drawn in the browser, where ``gr.I18n`` does not reach)."""
 
 
 def load_examples() -> list[str]:
@@ -105,12 +111,14 @@ class Widgets:
     status: gr.Markdown
     generating: gr.State
     pending: gr.State
+    versions: gr.State
     controls: list[Any]
     buttons: dict[str, gr.Button]
     store: gr.BrowserState
     current: gr.State
     listing: gr.Radio
     title: gr.Textbox
+    switchers: gr.Textbox
 
     @property
     def sending(self) -> list[Any]:
@@ -119,18 +127,18 @@ class Widgets:
 
     @property
     def panel(self) -> list[Any]:
-        """What every side-panel event updates: stored value, open conversation, list, title."""
-        return [self.store, self.current, self.listing, self.title]
+        """What every side-panel event and save updates: stored value, open conversation, list, title, switchers."""
+        return [self.store, self.current, self.listing, self.title, self.switchers]
 
     @property
     def emptied(self) -> list[Any]:
         """What starting an empty conversation resets: chat, status, Continue, the sending state."""
-        return [self.chatbot, self.status, self.buttons["continue"], *self.sending]
+        return [self.chatbot, self.versions, self.status, self.buttons["continue"], *self.sending]
 
     @property
     def saved(self) -> list[Any]:
-        """What saving the open conversation reads: stored value, its id, the chat, its settings."""
-        return [self.store, self.current, self.chatbot, *self.controls]
+        """What saving the open conversation reads: stored value, its id, the chat, its versions, its settings."""
+        return [self.store, self.current, self.chatbot, self.versions, *self.controls]
 
 
 def build_ui(service: ChatService, *, demo_mode: bool = False, feedback: FeedbackLog | None = None) -> gr.Blocks:
@@ -204,12 +212,16 @@ def build_ui(service: ChatService, *, demo_mode: bool = False, feedback: Feedbac
             export_markdown = gr.Button(i18n("jslm_export_markdown"), size="sm", elem_id="jslm-export-md")
             exported = gr.Textbox(visible="hidden", elem_id="jslm-exported")
         buttons.update(side_buttons)
-        generating, todo = gr.State(False), gr.State(None)
+        generating, todo, versions = gr.State(False), gr.State(None), gr.State(no_versions())
         widgets = Widgets(
-            chatbot, textbox, send, stop, status, generating, todo, controls, buttons, store, current, listing, title
+            chatbot,
+            *(textbox, send, stop, status, generating, todo, versions),
+            *(controls, buttons, store, current, listing, title),
+            gr.Textbox("[]", visible="hidden", elem_id="jslm-versions"),
         )
         conversations = ConversationHandlers(service, len(widgets.controls), len(widgets.emptied))
         reply_events = _wire(handlers, conversations, widgets)
+        _wire_versions(handlers, conversations, widgets)
         _wire_conversations(app, conversations, widgets, reply_events)
         _wire_extras(handlers, widgets, comment, (export_json, export_markdown, exported))
         register_api(service)
@@ -240,14 +252,14 @@ def _wire(handlers: ChatHandlers, conversations: ConversationHandlers, w: Widget
 
     Returns the reply events (which Clear, Undo, edit and the side panel cancel).
     """
-    streamed = [w.chatbot, w.textbox, w.status, w.buttons["continue"]]
+    streamed = [w.chatbot, w.textbox, w.status, w.buttons["continue"], w.versions]
     saving = (w.saved, w.panel)
 
     def then(event: Any, reply: Any) -> Any:
         """Save, then answer what ``event`` left pending; when done (or refused), allow sending and save."""
         reply_event = event.then(conversations.save, *saving, **INSTANT).then(
             reply,
-            [w.chatbot, w.pending, *w.controls],
+            [w.chatbot, w.versions, w.pending, *w.controls],
             streamed,
             concurrency_limit=None,  # ChatService's admission decides who generates when
             api_visibility="private",
@@ -256,9 +268,12 @@ def _wire(handlers: ChatHandlers, conversations: ConversationHandlers, w: Widget
         reply_event.then(handlers.finish, None, w.sending, **INSTANT).then(conversations.save, *saving, **INSTANT)
         return reply_event
 
-    submitted = ([w.textbox, w.chatbot, w.generating], [w.textbox, w.chatbot, *w.sending, w.pending])
-    retried = ([w.chatbot, w.generating], [w.chatbot, *w.sending, w.pending])
-    continued = ([w.chatbot, w.generating], [*w.sending, w.pending])
+    submitted = (
+        [w.textbox, w.chatbot, w.versions, w.generating],
+        [w.textbox, w.chatbot, *w.sending, w.pending],
+    )
+    retried = ([w.chatbot, w.versions, w.generating], [w.chatbot, w.versions, *w.sending, w.pending])
+    continued = ([w.chatbot, w.versions, w.generating], [*w.sending, w.pending])
     reply_events = [
         then(w.textbox.submit(handlers.submit, *submitted, **INSTANT), handlers.respond),
         then(w.send.click(handlers.submit, *submitted, **INSTANT), handlers.respond),
@@ -266,11 +281,17 @@ def _wire(handlers: ChatHandlers, conversations: ConversationHandlers, w: Widget
         then(w.buttons["continue"].click(handlers.start_continue, *continued, **INSTANT), handlers.continue_reply),
     ]
     w.chatbot.edit(None, None, None, cancels=list(reply_events), **INSTANT)  # the edited reply's updates stop
-    edited = w.chatbot.edit(handlers.edit, [w.chatbot], [w.chatbot, *w.sending, w.pending], **INSTANT)
+    edited = w.chatbot.edit(
+        handlers.edit, [w.chatbot, w.versions], [w.chatbot, w.versions, *w.sending, w.pending], **INSTANT
+    )
     reply_events.append(then(edited, handlers.respond))
     w.stop.click(handlers.stop, None, None, **INSTANT)
     undone = w.buttons["undo"].click(
-        handlers.undo, [w.chatbot], [w.chatbot, w.textbox, w.status], cancels=reply_events, **INSTANT
+        handlers.undo,
+        [w.chatbot, w.versions],
+        [w.chatbot, w.versions, w.textbox, w.status],
+        cancels=reply_events,
+        **INSTANT,
     )
     undone.then(handlers.finish, None, w.sending, **INSTANT).then(conversations.save, *saving, **INSTANT)
     w.buttons["reset"].click(handlers.default_settings, None, w.controls, **INSTANT)
@@ -281,7 +302,9 @@ def _wire_conversations(
     app: gr.Blocks, conversations: ConversationHandlers, w: Widgets, reply_events: list[Any]
 ) -> None:
     """The side panel: restore on load, new chat (also Clear), switch, rename, delete; settings saved on change."""
-    app.load(conversations.load, [w.store], [*w.panel, w.chatbot, *w.controls], api_visibility="private").then(
+    app.load(
+        conversations.load, [w.store], [*w.panel, w.chatbot, w.versions, *w.controls], api_visibility="private"
+    ).then(
         None, js="() => { document.body.dataset.jslmRestored = 'true'; }", **INSTANT
     )  # a mark that the page's own state is in place (the browser tests wait for it)
     for starting in (w.buttons["new_chat"].click, w.buttons["clear"].click, w.chatbot.clear):
@@ -307,6 +330,21 @@ def _wire_conversations(
     gr.on(changed, conversations.save, w.saved, w.panel, **INSTANT)
 
 
+def _wire_versions(handlers: ChatHandlers, conversations: ConversationHandlers, w: Widgets) -> None:
+    """The versions switcher: ``assets/app.js`` draws ◀ 2/3 ▶ under each message with versions (listed in the
+    hidden ``switchers`` box by every save) and presses a hidden button with the chosen version; the chat
+    continues from the one shown."""
+    choice = gr.Textbox(visible="hidden", elem_id="jslm-version-choice")
+    switch = gr.Button(visible="hidden", elem_id="jslm-version-switch")
+    switch.click(
+        handlers.switch_version,
+        [choice, w.chatbot, w.versions, w.generating],
+        [w.chatbot, w.versions, w.status, w.buttons["continue"]],
+        js=CHOOSE_VERSION_JS,
+        **INSTANT,
+    ).then(conversations.save, w.saved, w.panel, **INSTANT)
+
+
 def _wire_extras(
     handlers: ChatHandlers, w: Widgets, comment: gr.Textbox, exports: tuple[gr.Button, gr.Button, gr.Textbox]
 ) -> None:
@@ -316,7 +354,7 @@ def _wire_extras(
         (export_json, handlers.export_json, "json"),
         (export_markdown, handlers.export_markdown, "md"),
     ):
-        button.click(make, [w.chatbot, *w.controls], exported, **INSTANT).success(
+        button.click(make, [w.chatbot, w.versions, *w.controls], exported, **INSTANT).success(
             None,
             [exported, w.title],
             None,
@@ -351,7 +389,7 @@ def launch_options() -> dict[str, Any]:
             font_mono=["Noto Sans Mono CJK JP", "ui-monospace", "monospace"],
         ),
         "css_paths": [ASSETS / "style.css"],
-        "js": (ASSETS / "app.js").read_text(encoding="utf-8"),
+        "js": (ASSETS / "app.js").read_text(encoding="utf-8").replace("JSLM_VERSION_TEXT", json.dumps(VERSION_TEXT)),
         "i18n": i18n,
         "favicon_path": str(ASSETS / "favicon.svg"),
     }

@@ -2,9 +2,10 @@
 
 The stored value is ``{"version": 1, "conversations": [...], "open": id}``, newest first (``open``: the
 conversation the browser had open, reopened on reload); each conversation is
-``{"id", "title", "updated", "messages", "settings"}`` with plain ``{role, content}`` messages and
-the settings of :data:`~jslm_chat.model.params.SHOWN_SETTINGS` by name. What comes back from a browser
-is checked like API history (:func:`~jslm_chat.chat.history.history_to_turns`): a malformed
+``{"id", "title", "updated", "messages", "settings", "versions"}`` with plain ``{role, content}`` messages,
+the settings of :data:`~jslm_chat.model.params.SHOWN_SETTINGS` by name, and the messages' other versions and
+the replies' records (:mod:`jslm_chat.web.versions`; a conversation saved without them has none). What
+comes back from a browser is checked like API history (:func:`~jslm_chat.chat.history.history_to_turns`): a malformed
 conversation is dropped, a malformed setting falls back to its default, and the caller tells the
 user how many were dropped. Storage stays bounded: the :data:`MAX_SAVED_CONVERSATIONS` most
 recently updated conversations, at most :data:`MAX_STORE_BYTES` of JSON in all.
@@ -20,8 +21,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from jslm_chat.chat.history import ChatInputError, history_to_turns
+from jslm_chat.chat.history import ChatInputError, checked_versions, history_to_turns
+from jslm_chat.chat.service import log_user_error
 from jslm_chat.model.params import SHOWN_SETTINGS, InvalidParameterError
+from jslm_chat.web.versions import Versions, no_versions, with_records
 
 STORE_VERSION = 1
 MAX_SAVED_CONVERSATIONS = 50
@@ -45,15 +48,26 @@ class SavedConversation:
     updated: float
     messages: tuple[Message, ...] = ()
     settings: Mapping[str, Any] = field(default_factory=dict)
+    versions: Versions = field(default_factory=no_versions)
 
     def as_json(self) -> dict[str, Any]:
-        """The JSON-ready form stored in the browser."""
+        """The JSON-ready form stored in the browser (a reply's record leaves out the conversation's system
+        prompt when it was made with that one: a long prompt is stored once, not once per reply)."""
+        prompt = self.settings.get("system_prompt")
+
+        def stored(record: dict[str, Any]) -> dict[str, Any]:
+            settings = dict(record["settings"])
+            if settings.get("system_prompt") == prompt:
+                del settings["system_prompt"]
+            return {**record, "settings": settings}
+
         return {
             "id": self.id,
             "title": self.title,
             "updated": self.updated,
             "messages": [dict(message) for message in self.messages],
             "settings": dict(self.settings),
+            "versions": with_records(self.versions, stored),
         }
 
 
@@ -153,8 +167,14 @@ def _checked(item: object, defaults: Mapping[str, Any], limit: int) -> tuple[Sav
     except ChatInputError:
         return None, 0
     settings, bad_settings = checked_settings(item.get("settings"), defaults, limit)
+    try:
+        versions = checked_versions(item.get("versions"), len(messages))
+    except ChatInputError:  # the conversation as shown stays; its other versions are left out
+        versions, bad_settings = no_versions(), bad_settings + 1
+    prompt = {"system_prompt": settings["system_prompt"]}  # stored once (see as_json)
+    versions = with_records(versions, lambda record: {**record, "settings": {**prompt, **record["settings"]}})
     title = short_title(title) or title_for(messages)
-    return SavedConversation(ident, title, float(updated), messages, settings), bad_settings
+    return SavedConversation(ident, title, float(updated), messages, settings, versions), bad_settings
 
 
 def bounded(conversations: Sequence[SavedConversation]) -> list[SavedConversation]:
@@ -191,22 +211,31 @@ def with_saved(
     ident: str | None,
     history: object,
     settings: Mapping[str, Any],
+    versions: object = None,
 ) -> tuple[list[SavedConversation], str | None]:
-    """The list with the conversation ``ident`` (a new one if None) holding ``history`` and ``settings``.
+    """The list with the conversation ``ident`` (a new one if None) holding ``history``, ``settings`` and
+    ``versions``.
 
     A conversation with no messages is not kept (the id becomes None). An unchanged conversation
-    keeps its place; a changed one moves to the top. Raises :class:`ChatInputError` for a malformed history.
+    keeps its place; a changed one moves to the top. Raises :class:`ChatInputError` for a malformed history;
+    versions beyond the bounds are left out (one log line), the conversation as shown is saved.
     """
     messages = display_messages(history)
     existing = next((item for item in conversations if item.id == ident), None)
     if not messages:  # nothing worth keeping (a refused first message, every turn undone)
         return without(conversations, ident), None
-    if existing is not None and existing.messages == messages and dict(existing.settings) == dict(settings):
+    try:
+        kept = checked_versions(versions, len(messages))
+    except ChatInputError as error:
+        log_user_error(error)
+        kept = no_versions()
+    changed = {"messages": messages, "settings": dict(settings), "versions": kept}
+    if existing is not None and all(getattr(existing, name) == value for name, value in changed.items()):
         return list(conversations), ident
     if existing is None:
-        saved = SavedConversation(ident or new_id(), title_for(messages), time.time(), messages, dict(settings))
+        saved = SavedConversation(ident or new_id(), title_for(messages), time.time(), **changed)
     else:
-        saved = replace(existing, updated=time.time(), messages=messages, settings=dict(settings))
+        saved = replace(existing, updated=time.time(), **changed)
     return [saved, *(item for item in conversations if item.id != saved.id)], saved.id
 
 

@@ -8,6 +8,7 @@ The methods take and return plain values and Gradio updates, so tests drive them
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ from jslm_chat.web.saved import (
     without,
 )
 from jslm_chat.web.text import dropped_saved_notice
+from jslm_chat.web.versions import Versions, no_versions, switchers
 
 
 def listing(conversations: Sequence[SavedConversation], current: str | None) -> gr.Radio:
@@ -40,9 +42,15 @@ def title_of(conversations: Sequence[SavedConversation], current: str | None) ->
 
 
 def panel(conversations: Sequence[SavedConversation], current: str | None) -> tuple[Any, ...]:
-    """(stored value, open conversation's id, list, title): what every side-panel event updates."""
+    """(stored value, open conversation's id, list, title, its messages' versions for the switcher): what every
+    side-panel event and every save updates."""
     shown = listing(conversations, current)
-    return store_value(conversations, current), current, shown, title_of(conversations, current)
+    opened = next((item for item in conversations if item.id == current), None)
+    versions = json.dumps(switchers(opened.versions if opened else no_versions()))
+    return store_value(conversations, current), current, shown, title_of(conversations, current), versions
+
+
+PANEL_OUTPUTS = 5
 
 
 class ConversationHandlers:
@@ -65,13 +73,13 @@ class ConversationHandlers:
         return restored.conversations
 
     def _saved(
-        self, store: object, current: str | None, history: History, values: Sequence[Any]
+        self, store: object, current: str | None, history: History, versions: Versions, values: Sequence[Any]
     ) -> tuple[list[SavedConversation], str | None]:
         conversations = self.conversations(store)
         limit = self.service.max_new_tokens_limit
         settings, _ = checked_settings(settings_by_name(values), self.defaults, limit)
         try:
-            return with_saved(conversations, current, history, settings)
+            return with_saved(conversations, current, history, settings, versions)
         except ChatInputError as error:  # not a conversation the chat could show: keep what was saved
             log_user_error(error)
             return conversations, current
@@ -79,20 +87,23 @@ class ConversationHandlers:
     def load(self, store: object) -> tuple[Any, ...]:
         """On page load: the checked store written back, and the conversation the browser had open.
 
-        Returns (store, current id, list, title, chat, *controls).
+        Returns (store, current id, list, title, switchers, chat, versions, *controls).
         """
         conversations = self.conversations(store)
         opened = next((item for item in conversations if item.id == open_id(store, conversations)), None)
         if opened is None:  # leave the chat and the settings alone: the user may have started already
-            return *panel(conversations, None), *skipped(1 + self.settings_shown)
-        return *panel(conversations, opened.id), list(opened.messages), *control_values(opened.settings)
+            return *panel(conversations, None), *skipped(2 + self.settings_shown)
+        chat = list(opened.messages), opened.versions
+        return *panel(conversations, opened.id), *chat, *control_values(opened.settings)
 
-    def save(self, store: object, current: str | None, history: History, *values: Any) -> tuple[Any, ...]:
-        """Save the open conversation and its settings (a new one gets an id once it has a message).
+    def save(
+        self, store: object, current: str | None, history: History, versions: Versions, *values: Any
+    ) -> tuple[Any, ...]:
+        """Save the open conversation, its versions and its settings (a new one gets an id once it has a message).
 
-        Returns (store, current id, list, title).
+        Returns (store, current id, list, title, switchers).
         """
-        return panel(*self._saved(store, current, history, values))
+        return panel(*self._saved(store, current, history, versions, values))
 
     def open(
         self,
@@ -101,29 +112,36 @@ class ConversationHandlers:
         store: object,
         current: str | None,
         history: History,
+        versions: Versions,
         *values: Any,
     ) -> tuple[Any, ...]:
-        """Stop any reply, save the open conversation, and open ``chosen`` with its settings.
+        """Stop any reply, save the open conversation, and open ``chosen`` with its versions and settings.
 
-        Returns (store, current id, list, title, chat, status, continue button, generating, send, stop, *controls).
+        Returns (*panel, chat, versions, status, continue button, generating, send, stop, *controls).
         """
         self.service.stop(request.session_hash)
-        conversations, current = self._saved(store, current, history, values)
+        conversations, current = self._saved(store, current, history, versions, values)
         target = next((item for item in conversations if item.id == chosen), None)
         if target is None:  # deleted in the meantime (another tab): stay where we are
             return *panel(conversations, current), *skipped(self.emptied + self.settings_shown)
-        opened = list(target.messages), "", gr.Button(visible=False), *sending_allowed(False)
+        opened = list(target.messages), target.versions, "", gr.Button(visible=False), *sending_allowed(False)
         return *panel(conversations, target.id), *opened, *control_values(target.settings)
 
     def new_chat(
-        self, request: gr.Request, store: object, current: str | None, history: History, *values: Any
+        self,
+        request: gr.Request,
+        store: object,
+        current: str | None,
+        history: History,
+        versions: Versions,
+        *values: Any,
     ) -> tuple[Any, ...]:
         """Stop any reply, save the open conversation, and start an empty one (settings kept).
 
-        Returns (store, current id, list, title, chat, status, continue button, generating, send, stop).
+        Returns (*panel, chat, versions, status, continue button, generating, send, stop).
         """
         self.service.stop(request.session_hash)
-        conversations, _ = self._saved(store, current, history, values)
+        conversations, _ = self._saved(store, current, history, versions, values)
         return *panel(conversations, None), *self._emptied()
 
     def rename(self, store: object, current: str | None, title: str) -> tuple[Any, ...]:
@@ -134,19 +152,19 @@ class ConversationHandlers:
         conversations = self.conversations(store)
         if current is not None:
             conversations = renamed(conversations, current, title or "")
-        stored, _, shown, title = panel(conversations, current)
+        stored, _, shown, title, _ = panel(conversations, current)
         return stored, shown, title
 
     def delete(self, request: gr.Request, store: object, current: str | None) -> tuple[Any, ...]:
         """Stop any reply, delete the open conversation from this browser, and start an empty one.
 
         ``current`` is None when nothing is open or the user did not confirm: then nothing changes.
-        Returns (store, current id, list, title, chat, status, continue button, generating, send, stop).
+        Returns (*panel, chat, versions, status, continue button, generating, send, stop).
         """
         if current is None:
-            return skipped(4 + self.emptied)
+            return skipped(PANEL_OUTPUTS + self.emptied)
         self.service.stop(request.session_hash)
         return *panel(without(self.conversations(store), current), None), *self._emptied()
 
     def _emptied(self) -> tuple[Any, ...]:
-        return [], "", gr.Button(visible=False), *sending_allowed(False)
+        return [], no_versions(), "", gr.Button(visible=False), *sending_allowed(False)

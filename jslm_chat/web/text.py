@@ -63,6 +63,9 @@ JA: dict[str, str] = {
     "jslm_disclaimer_votes": (
         "AI の返答は間違っていることがあります。👍/👎 を押すと、その会話がサーバーの評価ログに送られます。"
     ),
+    "jslm_previous_version": "前の版",
+    "jslm_next_version": "次の版",
+    "jslm_version": "版",
     "jslm_demo_banner": (
         "これは動作確認用の小さなデモモデル（数 MB、オフラインで学習）です。"
         "返答の内容に意味はありません。本物のモデルは --demo なしで起動してください。"
@@ -118,11 +121,17 @@ EN: dict[str, str] = {
     ),
     "jslm_disclaimer": "AI replies can be wrong. Check what matters.",
     "jslm_disclaimer_votes": "AI replies can be wrong. A 👍/👎 sends the conversation to the server's feedback log.",
+    "jslm_previous_version": "Previous version",
+    "jslm_next_version": "Next version",
+    "jslm_version": "Version",
     "jslm_demo_banner": (
         "This is a tiny demo model (a few MB, trained offline) for trying the app: its replies mean "
         "nothing. Start without --demo to serve the real model."
     ),
 }
+
+VERSION_TEXT_KEYS = ("jslm_previous_version", "jslm_next_version", "jslm_version")
+"""The labels of the versions switcher, which the browser draws itself (``assets/app.js``)."""
 
 # Browser languages that get Japanese besides "ja": everything we do not translate.
 OTHER_LANGUAGES = ("zh", "ko", "fr", "de", "es", "pt", "it", "ru")
