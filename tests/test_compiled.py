@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -11,13 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import answer, greedy
-from transformers import StaticCache
+from transformers import LlamaConfig, MistralConfig, MistralForCausalLM, StaticCache
 
 from jslm_chat.backends.inprocess.generation import loaded_model
+from jslm_chat.backends.inprocess.growing_cache import new_cache
 from jslm_chat.backends.inprocess.loading import load_inprocess_backend
+from jslm_chat.backends.inprocess.memory import cache_bytes_per_token
 from jslm_chat.backends.inprocess.static_cache import (
     STATIC_STEP_TOKENS,
-    static_cache_for,
+    ThreadCaches,
+    compile_blocker,
     static_capacity,
     static_sizes,
 )
@@ -87,7 +91,8 @@ print(backend.runs_on, reply.new_tokens, reply.finish_reason)
     assert "InvalidCxxCompiler" in done.stderr  # the real fault's trace is kept
 
 
-def test_a_longer_turn_moves_the_kept_cache_into_the_next_size(eager, compiled):
+def test_a_longer_turn_continues_its_kept_cache_in_the_next_size(eager, compiled):
+    """The kept prefix is copied into the thread's 1,024-token cache; the pool keeps a compact copy."""
     compiled.close()  # no caches kept from earlier tests
     short = Conversation(SYSTEM, [], QUESTIONS[0])
     first = answer(compiled, short, greedy(32))
@@ -96,10 +101,85 @@ def test_a_longer_turn_moves_the_kept_cache_into_the_next_size(eager, compiled):
     assert got.prompt.num_tokens + 32 > STATIC_STEP_TOKENS
     assert got.reused_tokens > first.prompt.num_tokens - 2
     assert got.text == expected.text
-    pool = loaded_model(compiled.model_key).caches
-    with torch.inference_mode():  # where the app takes caches: a static cache's length is an inference tensor
-        cache, _ = pool.take(got.prompt.token_ids)
-    assert isinstance(cache, StaticCache) and cache.get_max_length() == 2 * STATIC_STEP_TOKENS
+    loaded = loaded_model(compiled.model_key)
+    [thread] = loaded.static_caches
+    with torch.inference_mode():  # where the app uses caches: a static cache's length is an inference tensor
+        used = thread.caches[2 * STATIC_STEP_TOKENS]
+        assert int(used.get_seq_length()) == got.prompt.num_tokens + 32 - 1  # the last token is never fed back
+        kept, held = loaded.caches.take(got.prompt.token_ids)
+    assert not isinstance(kept, StaticCache) and held == got.prompt.num_tokens - 1
+    for static_layer, kept_layer in zip(used.layers, kept.layers, strict=True):
+        torch.testing.assert_close(kept_layer.keys, static_layer.keys[..., :held, :], rtol=0, atol=0)
+
+
+def test_each_size_decodes_in_one_cache_object_at_one_address_reply_after_reply(compiled):
+    """No reply allocates a static cache: CUDA graphs recorded at start-up stay valid (no re-recording)."""
+    loaded = loaded_model(compiled.model_key)
+    [thread] = loaded.static_caches
+    before = {size: (cache, [layer.keys.data_ptr() for layer in cache.layers]) for size, cache in thread.caches.items()}
+    for question, new_tokens in [(QUESTIONS[0], 8), (QUESTIONS[1], 8), (QUESTIONS[2], 600), (QUESTIONS[0], 8)]:
+        reply = answer(compiled, Conversation(SYSTEM, [], question), greedy(new_tokens))
+        size = static_capacity(reply.prompt.num_tokens + new_tokens, compiled.context_length)
+        with torch.inference_mode():
+            assert int(thread.caches[size].get_seq_length()) == reply.prompt.num_tokens + new_tokens - 1
+    assert loaded.static_caches == [thread]
+    after = {size: (cache, [layer.keys.data_ptr() for layer in cache.layers]) for size, cache in thread.caches.items()}
+    assert after == before and {size for size in after} == {512, 1024, 2048}
+
+
+def test_a_reply_in_a_static_cache_reset_after_a_longer_one_is_the_fresh_reply(eager, compiled):
+    """Every size is a view of one buffer: after a 1,024-token reply the 512-token cache starts from
+    what that reply left; reset in place, it gives the reply of a fresh cache (the eager one)."""
+    conversation = Conversation(SYSTEM, [], QUESTIONS[1])
+    answer(compiled, Conversation(SYSTEM, [], "長い話をしてください。"), greedy(600))
+    compiled.close()  # nothing kept: the reply is decoded from an emptied cache
+    assert answer(compiled, conversation, greedy(24)).text == answer(eager, conversation, greedy(24)).text
+
+
+def test_a_thread_holds_one_full_context_cache_shared_by_its_sizes():
+    config = LlamaConfig(
+        vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=2048,
+    )  # fmt: skip
+    with torch.inference_mode():
+        thread = ThreadCaches(config, 2048, torch.float32, torch.device("cpu"))
+        largest = thread.caches[2048]
+        assert sorted(thread.caches) == [512, 1024, 2048]
+        assert thread.nbytes == cache_bytes_per_token(config, 4) * 2048
+        for size, cache in thread.caches.items():
+            for layer, full in zip(cache.layers, largest.layers, strict=True):
+                assert layer.keys.shape[-2] == size and layer.keys.data_ptr() == full.keys.data_ptr()
+                assert layer.values.data_ptr() == full.values.data_ptr()
+        kept = new_cache(config)
+        states = torch.randn(1, 2, 300, 16)
+        for layer in kept.layers:
+            layer.update(states, -states)
+        holding = thread.holding(kept, 600)
+        assert holding is thread.caches[1024] and int(holding.get_seq_length()) == 300
+        torch.testing.assert_close(holding.layers[1].values[..., :300, :], -states, rtol=0, atol=0)
+        emptied = thread.holding(None, 100)
+        assert emptied is thread.caches[512] and int(emptied.get_seq_length()) == 0
+        assert not emptied.layers[0].keys.any()
+        with pytest.raises(ValueError, match="do not fit the context of 2048"):
+            thread.holding(None, 2049)
+
+
+def test_compile_is_kept_off_for_a_model_with_a_sliding_window(tmp_path, llama_tokenizer, caplog):
+    """transformers' static sliding layers roll their buffer and count in a Python int: off, said once."""
+    torch.manual_seed(0)
+    config = MistralConfig(
+        vocab_size=len(llama_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=1024, sliding_window=64,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )  # fmt: skip
+    MistralForCausalLM(config).save_pretrained(tmp_path)
+    llama_tokenizer.save_pretrained(tmp_path)
+    assert "sliding-window" in compile_blocker(MistralForCausalLM(config))
+    with caplog.at_level(logging.WARNING):
+        backend = load_inprocess_backend(str(tmp_path), device="cpu", dtype="float32", compiled=True)
+    assert not backend.compiled and backend.runs_on == "cpu · float32"
+    assert "--compile is off, decoding runs eagerly: " in caplog.text and "sliding-window" in caplog.text
+    assert answer(backend, Conversation(SYSTEM, [], QUESTIONS[0]), greedy(8)).new_tokens == 8
 
 
 @pytest.mark.usefixtures("paced_generation")
@@ -120,19 +200,6 @@ def test_static_sizes_double_up_to_the_context():
     assert static_capacity(2100, 2500) == 2500  # a context that is not a doubling is its own last size
 
 
-def test_a_kept_cache_too_small_is_copied_with_what_it_holds(demo_model_path):
-    model = load_inprocess_backend(str(demo_model_path), device="cpu", dtype="float32").model
-    kept = StaticCache(config=model.config, max_cache_len=STATIC_STEP_TOKENS)
-    ids = torch.tensor([[(index * 31) % 2900 + 5 for index in range(300)]])
-    with torch.inference_mode():
-        model(input_ids=ids, cache=kept)
-        assert static_cache_for(model.config, kept, 400) is kept
-        grown = static_cache_for(model.config, kept, 600)
-    assert grown.get_max_length() == 2 * STATIC_STEP_TOKENS and int(grown.get_seq_length()) == 300
-    for old, new in zip(kept.layers, grown.layers, strict=True):
-        torch.testing.assert_close(new.keys[..., :300, :], old.keys[..., :300, :], rtol=0, atol=0)
-
-
 def test_compile_flag_and_environment():
     assert parse_settings([], {}).compile is False
     assert parse_settings(["--compile"], {}).compile is True
@@ -148,9 +215,10 @@ def test_compiled_replies_run_in_one_long_lived_thread(compiled):
     ]
 
 
-def test_every_serving_thread_is_warmed_for_every_cache_size_with_three_steps(compiled, monkeypatch):
+def test_every_serving_thread_is_warmed_for_every_cache_size_with_three_steps(compiled, monkeypatch, caplog):
     """CUDA graphs are recorded per thread and per size: with ``concurrency`` 2 both serving threads
-    decode three steps at every size at load (on a CPU the compiled code is shared: this is fast)."""
+    allocate their static caches and decode three steps at every size at load (on a CPU the
+    compiled code is shared: this is fast), before the pool's budget is measured."""
     from jslm_chat.backends.inprocess.backend import InProcessBackend
     from jslm_chat.backends.inprocess.generation import LoadedModel
 
@@ -162,10 +230,16 @@ def test_every_serving_thread_is_warmed_for_every_cache_size_with_three_steps(co
         decode(self, cache_size, steps)
 
     monkeypatch.setattr(LoadedModel, "_decode", recorded)
-    backend = InProcessBackend(
-        compiled.model, compiled.tokenizer, compiled.preset, compiled.placement, compiled=True, concurrency=2
-    )
+    with caplog.at_level(logging.INFO):
+        backend = InProcessBackend(
+            compiled.model, compiled.tokenizer, compiled.preset, compiled.placement, compiled=True, concurrency=2
+        )
     assert backend.compiled
+    context = backend.context_length
+    full_context = cache_bytes_per_token(compiled.model.config, 4) * context
+    assert [caches.nbytes for caches in loaded_model(backend.model_key).static_caches] == [full_context] * 2
+    graphs = f"{len(static_sizes(context))} cache sizes (512, 1,024, 2,048 tokens) × 2 serving threads: at most 6 CUDA"
+    assert graphs in caplog.text
     sizes = static_sizes(compiled.model.config.max_position_embeddings)
     assert len(sizes) >= 2 and sizes[-1] == compiled.model.config.max_position_embeddings
     threads = sorted({name for name, _, _ in warmed})

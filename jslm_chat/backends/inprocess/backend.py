@@ -22,6 +22,7 @@ import torch
 from jslm_chat.backends.inprocess import zerogpu
 from jslm_chat.backends.inprocess.generation import Finished, generate_reply, loaded_model, register_model
 from jslm_chat.backends.inprocess.memory import cache_bytes_per_token, cache_pool_budget
+from jslm_chat.backends.inprocess.static_cache import compile_blocker
 from jslm_chat.model.backend import Backend, GenerationError, ReplyStream
 from jslm_chat.model.params import GenerationParams
 from jslm_chat.model.presets import ModelPreset
@@ -70,8 +71,17 @@ class InProcessBackend(Backend):
         on_zerogpu = zerogpu.enabled()  # a fresh worker per reply: nothing kept, nothing compiled
         if compiled and on_zerogpu:
             logger.warning("--compile は ZeroGPU では使いません。 / --compile is not used on ZeroGPU.")
+        elif compiled and (blocker := compile_blocker(model)):
+            logger.warning(
+                "--compile を使わず通常のデコードで動かします / --compile is off, decoding runs eagerly: %s", blocker
+            )
+            compiled = False
         self.model_key = register_model(
-            model, tokenizer, 0 if on_zerogpu else cache_slots, compiled=compiled and not on_zerogpu
+            model,
+            tokenizer,
+            0 if on_zerogpu else cache_slots,
+            compiled=compiled and not on_zerogpu,
+            context=preset.context_length,
         )
         if self.compiled:
             loaded_model(self.model_key).warm_up_compiled(concurrency)
@@ -101,8 +111,10 @@ class InProcessBackend(Backend):
 
 
 def pool_budget(model: Any, context_tokens: int, running_replies: int = 1) -> int | None:
-    """Bytes the kept caches may take on a CUDA device, measured now (after loading and compiling);
-    None elsewhere, where the pool is bounded by its count of conversations alone."""
+    """Bytes the kept caches may take on a CUDA device, measured now (after loading and compiling,
+    so the static caches of compiled decoding are already out of the free memory); None elsewhere,
+    where the pool is bounded by its count of conversations alone. The room kept for each running
+    reply holds its cache (eager) or the copies in and out of its static cache (compiled)."""
     if model.device.type != "cuda":
         return None
     free, total = torch.cuda.mem_get_info(model.device)

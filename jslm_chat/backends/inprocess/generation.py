@@ -31,12 +31,7 @@ from transformers import GenerationConfig, StoppingCriteria
 
 from jslm_chat.backends.inprocess.growing_cache import new_cache
 from jslm_chat.backends.inprocess.prefix_cache import PrefixCachePool, cached_tokens
-from jslm_chat.backends.inprocess.static_cache import (
-    STATIC_STEP_TOKENS,
-    compile_config,
-    static_cache_for,
-    static_sizes,
-)
+from jslm_chat.backends.inprocess.static_cache import ThreadCaches, compact_copy, compile_config, static_sizes
 from jslm_chat.backends.inprocess.streamer import JapaneseTextStreamer
 from jslm_chat.backends.inprocess.threads import LongLivedThreads
 from jslm_chat.model.backend import finish_reason
@@ -48,7 +43,7 @@ TEXT_POLL_SECONDS = 0.1
 TEXT_BATCH_SECONDS = 0.033
 """Text from the generation thread is batched this long: fewer records, no character later than this."""
 JOIN_TIMEOUT_SECONDS = 120.0
-WARM_UP_DECODE_STEPS = 3  # CUDA graph trees run a size eagerly, then record it, then replay it
+WARM_UP_DECODE_STEPS = 3  # compiled steps per size: CUDA graph trees run it eagerly, record it, replay it
 PREFILL_CHUNK_TOKENS = 512  # a stop during a long prefill takes effect after at most this many tokens
 
 
@@ -62,7 +57,13 @@ class LoadedModel:
     caches: PrefixCachePool
     compiled: bool = False
     cache_keyword: str = "cache"
+    context: int = 0  # tokens of the longest prompt and reply; 0: the model's configured length
+    static_caches: list[ThreadCaches] = field(default_factory=list, repr=False)  # every serving thread's
     _compiled_threads: LongLivedThreads = field(default_factory=lambda: LongLivedThreads("jslm-compiled"), repr=False)
+    _thread_caches: threading.local = field(default_factory=threading.local, repr=False)
+
+    def __post_init__(self) -> None:
+        self.context = self.context or getattr(self.model.config, "max_position_embeddings", 0)
 
     def run_in_background(self, work: Callable[[], None]) -> Callable[[], object]:
         """Run ``work`` in a thread of its own; returns a function that waits until it has returned.
@@ -76,10 +77,26 @@ class LoadedModel:
         return self._compiled_threads.submit(work)
 
     def cache_for(self, kept: Any, tokens: int) -> Any:
-        """A cache for a prompt and reply of ``tokens`` in all, continuing ``kept`` (from the pool) if given."""
+        """A cache for a prompt and reply of ``tokens`` in all, continuing ``kept`` (from the pool) if given:
+        ``kept`` itself, or with compiled decoding this thread's static cache of that size holding a copy."""
         if self.compiled:
-            return static_cache_for(self.model.config, kept, tokens)
+            return self.thread_caches().holding(kept, tokens)
         return kept if kept is not None else new_cache(self.model.config)
+
+    def keepable(self, cache: Any) -> Any:
+        """What goes into the pool after a reply in ``cache``: the cache itself, or with compiled
+        decoding a compact copy (the static cache serves this thread's next reply)."""
+        return compact_copy(cache, self.model.config) if self.compiled else cache
+
+    def thread_caches(self) -> ThreadCaches:
+        """This serving thread's static caches, allocated on its first call (at warm-up)."""
+        caches = getattr(self._thread_caches, "caches", None)
+        if caches is None:
+            caches = ThreadCaches(self.model.config, self.context, self.model.dtype, self.model.device)
+            self._thread_caches.caches = caches
+            self.static_caches.append(caches)
+            logger.info("static caches of %s: %.2f GiB", threading.current_thread().name, caches.nbytes / 2**30)
+        return caches
 
     def generation_config(self, params: GenerationParams) -> GenerationConfig:
         """``generate()`` settings for ``params`` on this model."""
@@ -89,10 +106,10 @@ class LoadedModel:
         return config
 
     def warm_up_compiled(self, threads: int = 1) -> None:
-        """Compile decoding and record its graphs now, for every cache size and in each of the
-        ``threads`` serving threads (CUDA graphs are kept per thread), rather than during replies
-        (where a Stop would wait for it). On failure decoding stays eager."""
-        context = getattr(self.model.config, "max_position_embeddings", STATIC_STEP_TOKENS)
+        """Allocate the static caches and compile decoding and record its graphs now, for every cache
+        size and in each of the ``threads`` serving threads (CUDA graphs are kept per thread), rather
+        than during replies (where a Stop would wait for it). On failure decoding stays eager."""
+        sizes = static_sizes(self.context)
         failed: list[BaseException] = []
         turns = [threading.Event() for _ in range(threads + 1)]
         all_warm = threading.Barrier(threads)
@@ -100,7 +117,7 @@ class LoadedModel:
         def warm_up(turn: int) -> None:  # one thread after another, each held until all are warm
             turns[turn].wait()
             try:
-                for size in static_sizes(context):
+                for size in sizes:
                     started = time.perf_counter()
                     self._decode(size, WARM_UP_DECODE_STEPS)
                     logger.info("compiled decoding, %d-token cache: %.1f s", size, time.perf_counter() - started)
@@ -116,15 +133,33 @@ class LoadedModel:
         for wait in waits:
             wait()
         self.compiled = not failed
+        if failed:
+            self.static_caches.clear()
+            self._thread_caches = threading.local()
+        else:
+            logger.info(
+                "compiled decoding: %d cache sizes (%s tokens) × %d serving threads: at most %d CUDA graphs;"
+                " static caches %.2f GiB (one full-context cache per thread, shared by its sizes)",
+                len(sizes),
+                ", ".join(f"{size:,}" for size in sizes),
+                len(self.static_caches),
+                len(sizes) * len(self.static_caches),
+                sum(caches.nbytes for caches in self.static_caches) / 2**30,
+            )
+        free_accelerator_memory()  # what building the static caches left in PyTorch's allocator
 
     def _decode(self, cache_size: int, steps: int) -> None:
+        """``steps`` compiled decoding steps with this thread's cache of ``cache_size`` (the first
+        token comes from the prefill, which is not compiled)."""
         input_ids = torch.tensor([[self.tokenizer.bos_token_id or 0]], device=self.model.device)
-        params = GenerationParams(steps, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0, ignore_eos=True)
+        params = GenerationParams(
+            steps + 1, temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0, ignore_eos=True
+        )
         with torch.inference_mode():
             self.model.generate(
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids),
-                **{self.cache_keyword: static_cache_for(self.model.config, None, cache_size)},
+                **{self.cache_keyword: self.thread_caches().holding(None, cache_size)},
                 generation_config=self.generation_config(params),
             )
 
@@ -133,12 +168,13 @@ _MODELS: dict[str, LoadedModel] = {}
 _keys = count()
 
 
-def register_model(model: Any, tokenizer: Any, cache_slots: int, *, compiled: bool = False) -> str:
+def register_model(model: Any, tokenizer: Any, cache_slots: int, *, compiled: bool = False, context: int = 0) -> str:
     """Make a loaded model available to :func:`generate_reply`; returns its key. Its pool keeps at
-    most ``cache_slots`` caches (its byte budget is set once the memory left is known)."""
+    most ``cache_slots`` caches (its byte budget is set once the memory left is known); ``context``:
+    the longest prompt and reply (0: the model's configured length)."""
     key = f"model-{next(_keys)}"
     pool = PrefixCachePool(cache_slots, new_cache=lambda: new_cache(model.config))
-    _MODELS[key] = LoadedModel(model, tokenizer, pool, compiled, cache_keyword(model))
+    _MODELS[key] = LoadedModel(model, tokenizer, pool, compiled, cache_keyword(model), context)
     return key
 
 
@@ -329,10 +365,11 @@ class _Generation:
         model, caches = self.loaded.model, self.loaded.caches
         kept, self.reused_tokens = caches.take(token_ids)
         cache = self.loaded.cache_for(kept, len(token_ids) + params.max_new_tokens)
+        del kept  # with compiled decoding a copy is in ``cache``: its memory is free for the reply
         input_ids = torch.tensor([token_ids], dtype=torch.long, device=model.device)
         if not self._prefill(cache, input_ids):
             self.counter.stopped = True
-            caches.put(cache, token_ids)  # what was prefilled still helps a retry
+            caches.put(self.loaded.keepable(cache), token_ids)  # what was prefilled still helps a retry
             return
         output = model.generate(
             input_ids=input_ids,
@@ -343,7 +380,7 @@ class _Generation:
             stopping_criteria=[self.counter],
         )
         self.counter.settle(output.shape[-1] - len(self.token_ids))
-        caches.put(cache, output[0].tolist())
+        caches.put(self.loaded.keepable(cache), output[0].tolist())
 
     def _prefill(self, cache: Any, input_ids: torch.Tensor) -> bool:
         """Fill ``cache`` with the prompt a chunk at a time, leaving the last chunk (1 to

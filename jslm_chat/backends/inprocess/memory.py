@@ -5,16 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 
+def key_value_shape(config: Any) -> tuple[int, int]:
+    """The key/value heads of one attention layer and the width of each (grouped-query attention counted)."""
+    text = getattr(config, "text_config", None) or config
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    return kv_heads, getattr(text, "head_dim", None) or text.hidden_size // heads
+
+
 def cache_bytes_per_token(config: Any, dtype_bytes: int) -> int:
     """Bytes one token's keys and values take in the attention cache, over every layer.
 
     The 7B (32 layers, 32 key/value heads of 128) in float16: 0.5 MiB per token.
     """
-    text = getattr(config, "text_config", None) or config
-    heads = text.num_attention_heads
-    kv_heads = getattr(text, "num_key_value_heads", None) or heads
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
-    return 2 * text.num_hidden_layers * kv_heads * head_dim * dtype_bytes
+    kv_heads, head_dim = key_value_shape(config)
+    layers = (getattr(config, "text_config", None) or config).num_hidden_layers
+    return 2 * layers * kv_heads * head_dim * dtype_bytes
 
 
 WORKING_MARGIN_BYTES = 1 << 30  # activations of a prefill chunk, allocator slack, CUDA graphs

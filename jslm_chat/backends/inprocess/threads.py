@@ -35,6 +35,8 @@ class LongLivedThreads:
             except Exception:  # the thread serves on
                 logger.exception("background work failed")
             finally:
+                with self._lock:  # idle before anyone hears it returned: the next work takes this thread
+                    self._idle += 1
                 returned.set()
 
         with self._lock:
@@ -49,5 +51,3 @@ class LongLivedThreads:
     def _serve(self) -> None:
         while True:
             self._jobs.get()()
-            with self._lock:
-                self._idle += 1
