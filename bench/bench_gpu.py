@@ -1,6 +1,6 @@
 """The 7B on a GPU without a download: the exact Llama-2 7B configuration with random fp16 weights.
 
-    python bench/bench_gpu.py [--bandwidth 4.8e12] [--compile] [--quantize none|int8|nf4]
+    python bench/bench_gpu.py [--bandwidth 4.8e12] [--compile] [--quantize none|int8|nf4|torchao-int4]
     python bench/bench_gpu.py --small --device cpu     # a tiny config: checks that the script runs
 
 Prints one table: decoding tokens/s at batch 1 against the memory-bandwidth bound (the weights'
@@ -12,7 +12,11 @@ transformers' static cache with ``torch.compile`` on a bare ``generate()`` and t
 backend (its ``--compile``), and checks that a stop set from another thread still takes effect
 within one step. ``--quantize int8|nf4`` loads the weights through bitsandbytes as the app's
 ``--quantize`` does (the random fp16 checkpoint is written to a scratch folder first) and prints
-the weights' memory and, on a GPU, the peak memory of the run.
+the weights' memory and, on a GPU, the peak memory of the run. ``--quantize torchao-int4`` is the
+speed option to compare (not an app mode): torchao's int4 weight-only quantization (groups of 128,
+tinygemm's packing, bfloat16 activations) of the decoder's linear layers, measured with
+``--compile`` (implied); it needs torchao and a CUDA GPU of compute capability 8.0 or newer, and is
+refused elsewhere.
 
 The tokenizer is the demo model's (trained here in seconds; 3,000 pieces): the weights of the
 token ids it cannot produce are zeroed in the output layer and decoding is greedy, so every
@@ -66,20 +70,26 @@ SMALL = {**LLAMA2_7B, "hidden_size": 64, "intermediate_size": 128, "num_hidden_l
 SMALL["num_key_value_heads"] = 2
 PROMPT_LENGTHS = (512, 2048, 3500)
 H200_BANDWIDTH = 4.8e12
+TORCHAO_INT4 = "torchao-int4"
+BITSANDBYTES_MODES = ("int8", "nf4")
+TORCHAO_GROUP_SIZE = 128
 
 
 def build_backend(args: argparse.Namespace, tokenizer: Any) -> InProcessBackend:
     """The configuration with random weights on ``args.device``, behind the app's in-process backend."""
-    quantized = args.quantize != "none"
-    dtype = torch.float16 if args.device.startswith("cuda") or quantized else torch.float32
+    bitsandbytes = args.quantize in BITSANDBYTES_MODES
+    dtype = torch.float16 if args.device.startswith("cuda") or bitsandbytes else torch.float32
+    dtype = torch.bfloat16 if args.quantize == TORCHAO_INT4 else dtype  # tinygemm's int4 kernels take bfloat16
     config = LlamaConfig(**(SMALL if args.small else LLAMA2_7B), bos_token_id=1, eos_token_id=2, pad_token_id=0)
     torch.manual_seed(0)
-    with torch.device("cpu" if quantized else args.device):
+    with torch.device("cpu" if bitsandbytes else args.device):
         model = LlamaForCausalLM._from_config(config, dtype=dtype).eval()
     with torch.no_grad():
         model.lm_head.weight[len(tokenizer) :] = 0  # ids the tokenizer lacks never win a greedy step
-    if quantized:
+    if bitsandbytes:
         model = quantized_copy(model, args.quantize, args.device)
+    elif args.quantize == TORCHAO_INT4:
+        torchao_int4(model)
     preset = resolve_preset("demo").fitted_to_context(config.max_position_embeddings)
     placement = Placement(None, dtype, args.device, quantization=args.quantize)
     return InProcessBackend(model, tokenizer, preset, placement, cache_slots=2)
@@ -96,6 +106,31 @@ def quantized_copy(model: Any, mode: str, device: str) -> Any:
             device_map={"": device},
             quantization_config=bitsandbytes_config(mode, torch.float16),
         ).eval()
+
+
+def torchao_int4(model: Any) -> None:
+    """Quantize the decoder's linear layers of ``model`` (on a CUDA GPU, in bfloat16) to torchao's int4
+    weight-only in place; the embeddings and the output layer stay in bfloat16, as with bitsandbytes."""
+    from torchao.quantization import Int4WeightOnlyConfig, quantize_
+
+    quantize_(model.model, Int4WeightOnlyConfig(group_size=TORCHAO_GROUP_SIZE, int4_packing_format="tile_packed_to_4d"))
+
+
+def torchao_int4_refusal(device: str) -> str | None:
+    """Why ``--quantize torchao-int4`` cannot run on ``device`` here, or None."""
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return (
+            f"--quantize {TORCHAO_INT4} needs a CUDA GPU (torchao's int4 weight-only kernels, tinygemm, run on"
+            f" CUDA only); {device!r} is not one here. Measure it on a GPU with --device cuda."
+        )
+    major, minor = torch.cuda.get_device_capability(device)
+    if major < 8:
+        return f"--quantize {TORCHAO_INT4} needs compute capability 8.0 or newer (tinygemm); this GPU: {major}.{minor}."
+    try:
+        import torchao  # noqa: F401
+    except ImportError as error:
+        return f"--quantize {TORCHAO_INT4} needs torchao ({error}): pip install torchao==0.18.0, or carry its wheel."
+    return None
 
 
 def report_memory(backend: InProcessBackend, device: str) -> None:
@@ -251,11 +286,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7, help="rounds of the decoding paths, taking turns")
     parser.add_argument("--compile", action="store_true", help="also measure static cache + torch.compile")
     parser.add_argument(
-        "--quantize", choices=("none", "int8", "nf4"), default="none", help="weights through bitsandbytes"
+        "--quantize",
+        choices=("none", *BITSANDBYTES_MODES, TORCHAO_INT4),
+        default="none",
+        help=f"int8, nf4: through bitsandbytes, as the app; {TORCHAO_INT4}: torchao int4 weight-only with --compile",
     )
     args = parser.parse_args()
-    if args.compile and args.quantize != "none":
-        parser.error("--compile does not work with --quantize (the app refuses the pair too)")
+    if args.compile and args.quantize in BITSANDBYTES_MODES:
+        parser.error("--compile does not work with --quantize int8|nf4 (the app refuses the pair too)")
+    if args.quantize == TORCHAO_INT4:
+        if refusal := torchao_int4_refusal(args.device):
+            parser.error(refusal)
+        args.compile = True
     if args.small:
         args.tokens, args.runs, args.rounds = min(args.tokens, 16), 1, 1
     on_gpu = args.device.startswith("cuda")

@@ -3,16 +3,17 @@
     scripts/gpu-check OUT_DIR                       # Llama-2 7B configuration, random fp16 weights, cuda
     scripts/gpu-check OUT_DIR --tiny --skip-compile # a tiny configuration on the CPU: that it runs
 
-Needs torch and transformers only (bitsandbytes where present: its rows are skipped, with a line,
-where it is not); no network, no Gradio, no sentencepiece (the tokenizer is a byte-level BPE trained
+Needs torch and transformers only (bitsandbytes and torchao where present: their rows are skipped,
+with the reason, where not); no network, no Gradio, no sentencepiece (the tokenizer is a byte-level BPE trained
 here in seconds on the demo corpus). Measures, through the app's in-process backend: decoding
 tokens/s at batch 1, eager and ``--compile``, against the memory-bandwidth bound (weights read per
 token, the embedding table excepted / the copy bandwidth measured here and the card's nominal one);
 the first token at 512 / 2,048 / 3,500 prompt tokens with the previous turn's cache reused and
 without; the app's overhead (``backend.stream()`` against a bare ``generate()``); whether greedy
 replies are the same eager and compiled; recovery from out-of-memory (the pool filled until the
-card is full, then a long reply); 4-bit and 8-bit loading. A section that fails records its error
-and the rest go on. Writes ``gpu-check.json`` and ``gpu-check.md`` to OUT_DIR.
+card is full, then a long reply); 4-bit and 8-bit loading (bitsandbytes, as the app), and torchao's
+int4 weight-only with ``--compile`` (a speed option to compare; CUDA compute capability 8.0 or newer).
+A section that fails records its error and the rest go on. Writes ``gpu-check.json`` and ``gpu-check.md`` to OUT_DIR.
 """
 
 from __future__ import annotations
@@ -33,14 +34,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_gpu, also when
 
 import torch
 import transformers
-from bench_gpu import LLAMA2_7B, PROMPT_LENGTHS, SMALL, first_token, synchronized, two_turns, weight_bytes
+from bench_gpu import (
+    LLAMA2_7B,
+    PROMPT_LENGTHS,
+    SMALL,
+    first_token,
+    synchronized,
+    torchao_int4,
+    torchao_int4_refusal,
+    two_turns,
+    weight_bytes,
+)
 from bench_inprocess import SYSTEM, backend_stream, bare_generate, decode_rates, finished, greedy, without_reuse
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from jslm_chat.backends.inprocess.backend import InProcessBackend, Placement
-from jslm_chat.backends.inprocess.generation import loaded_model
+from jslm_chat.backends.inprocess.generation import free_accelerator_memory, loaded_model
 from jslm_chat.backends.inprocess.growing_cache import new_cache
+from jslm_chat.backends.inprocess.loading import bitsandbytes_config
 from jslm_chat.backends.inprocess.memory import cache_bytes_per_token
+from jslm_chat.backends.inprocess.quantization import resident_bytes
+from jslm_chat.backends.inprocess.static_cache import static_sizes
 from jslm_chat.demo_model.corpus import load_corpus, tokenizer_texts
 from jslm_chat.model.backend import Conversation
 from jslm_chat.model.presets import resolve_preset
@@ -155,6 +169,34 @@ def greedy_equality(eager: InProcessBackend, compiled: InProcessBackend) -> dict
     return {"same": first == second, "first_difference_at_char": differs, "chars": len(first)}
 
 
+class GraphRecordings:
+    """CUDA graphs recorded by torch.compile's graph trees (its recording callback) and skipped
+    (inductor's counter) since this object was made."""
+
+    def __init__(self) -> None:
+        from torch._dynamo.callback import CallbackTrigger, on_compile_start
+
+        self.recorded = 0
+        self._skipped_before = torch._dynamo.utils.counters["inductor"]["cudagraph_skips"]
+
+        def started(event: Any) -> None:
+            self.recorded += event.callback_trigger == CallbackTrigger.CUDAGRAPH_RECORDING
+
+        on_compile_start(started)
+
+    def figures(self) -> dict[str, int]:
+        skipped = torch._dynamo.utils.counters["inductor"]["cudagraph_skips"] - self._skipped_before
+        return {"recorded": self.recorded, "skipped": skipped}
+
+
+def compile_warm_up(model: Any, tokenizer: Any, made: list[InProcessBackend], graphs: GraphRecordings) -> dict:
+    """The compiled backend made (into ``made``) and warmed up: whether it compiled, and the CUDA graphs
+    recorded at start-up against their bound (one per cache size and serving thread)."""
+    made.append(backend_for(model, tokenizer, compiled=True))
+    bound = len(static_sizes(made[0].context_length)) * len(loaded_model(made[0].model_key).static_caches)
+    return {"compiled": made[0].compiled, "cuda_graphs_bound": bound, **graphs.figures()}
+
+
 class _Recorder(logging.Handler):
     def __init__(self) -> None:
         super().__init__()
@@ -227,37 +269,73 @@ def out_of_memory_recovery(backend: InProcessBackend) -> dict:
     }
 
 
-def quantized(model: Any, tokenizer: Any, deadline: float) -> dict:
-    """Decoding tokens/s of the same weights loaded in 4 and 8 bits (bitsandbytes), while time is left."""
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        return {"skipped": "bitsandbytes is not installed"}
-    from transformers import BitsAndBytesConfig
+def load_bitsandbytes(mode: str) -> Callable[[str, torch.device], Any]:
+    """A loader of a saved float16 checkpoint in ``mode`` (int8 or nf4) as the app loads it, or why it cannot."""
 
-    modes = {
-        "4-bit nf4": BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float16
-        ),
-        "8-bit": BitsAndBytesConfig(load_in_8bit=True),
-    }
+    def load(folder: str, device: torch.device) -> Any:
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            return "bitsandbytes is not installed"
+        config = bitsandbytes_config(mode, torch.float16)
+        return LlamaForCausalLM.from_pretrained(folder, quantization_config=config, device_map={"": device})
+
+    return load
+
+
+def load_torchao_int4(folder: str, device: torch.device) -> Any:
+    """The saved checkpoint in bfloat16 with its decoder's linear layers in torchao's int4, or why it cannot."""
+    if refusal := torchao_int4_refusal(str(device)):
+        return refusal
+    loaded = LlamaForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, device_map={"": device})
+    torchao_int4(loaded)
+    return loaded
+
+
+QUANTIZED = {
+    "4-bit nf4": (load_bitsandbytes("nf4"), False),
+    "8-bit": (load_bitsandbytes("int8"), False),
+    "torchao int4 + compile": (load_torchao_int4, True),  # the speed option to compare (not an app mode)
+}
+
+
+def quantized(model: Any, tokenizer: Any, deadline: float) -> dict:
+    """Decoding tokens/s and weight memory of the same weights in each quantized mode, while time is
+    left; a mode that cannot run here is skipped, with the reason."""
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(folder)
-        for name, config in modes.items():
+        for name, (load, compiled) in QUANTIZED.items():
             if time.monotonic() > deadline:
                 results[name] = {"skipped": "out of time"}
                 continue
-            loaded = LlamaForCausalLM.from_pretrained(folder, quantization_config=config, device_map={"": model.device})
-            backend = backend_for(loaded, tokenizer)
-            conversation = Conversation(SYSTEM, [], "日本の四季について教えてください。")
-            run = synchronized(backend_stream(backend, conversation), loaded.device)
-            run(16)
-            rate = decode_rates({name: run}, DECODE_TOKENS, 3)[name]
-            results[name] = {"tokens_per_s": rate, "memory_gb": loaded.get_memory_footprint() / 1e9}
-            del backend, loaded, run
-            torch.cuda.empty_cache()
+            loaded = load(folder, model.device)
+            if isinstance(loaded, str):
+                results[name] = {"skipped": loaded}
+                continue
+            results[name] = quantized_decoding(loaded, tokenizer, compiled)
+            del loaded
+            free_accelerator_memory()
     return results
+
+
+def quantized_decoding(loaded: Any, tokenizer: Any, compiled: bool) -> dict:
+    """Tokens/s of ``loaded`` through the app's backend (compiled, with its warm-up time, if asked)."""
+    started = time.monotonic()
+    backend = backend_for(loaded, tokenizer, compiled=compiled)
+    warm_up = time.monotonic() - started
+    run = synchronized(
+        backend_stream(backend, Conversation(SYSTEM, [], "日本の四季について教えてください。")), loaded.device
+    )
+    run(16)
+    result = {
+        "tokens_per_s": decode_rates({"run": run}, DECODE_TOKENS, 3)["run"],
+        "memory_gb": resident_bytes(loaded) / 1e9,
+    }
+    if compiled:
+        result.update(compiled=backend.compiled, warm_up_s=warm_up)
+    backend.close()
+    return result
 
 
 def section(results: dict, name: str, measure: Callable[[], Any]) -> None:
@@ -330,16 +408,14 @@ def main(argv: list[str] | None = None) -> dict:
     compiled: InProcessBackend | None = None
     if not args.skip_compile:
         made: list[InProcessBackend] = []
-        section(
-            results,
-            "compile warm-up",
-            lambda: {"compiled": made.append(backend_for(model, tokenizer, compiled=True)) or made[0].compiled},
-        )
+        graphs = GraphRecordings()
+        section(results, "compile warm-up", lambda: compile_warm_up(model, tokenizer, made, graphs))
         compiled = made[0] if made and made[0].compiled else None
     section(results, "decoding", lambda: decoding(backend, compiled, tokens, rounds))
     section(results, "first token", lambda: first_tokens(backend, runs))
     if compiled is not None:
         section(results, "greedy eager = compiled", lambda: greedy_equality(backend, compiled))
+        results["cuda graphs after the replies"] = graphs.figures()  # the same as after warm-up if none was re-recorded
     section(results, "out-of-memory recovery", lambda: out_of_memory_recovery(backend))
     section(results, "quantized", lambda: quantized(model, tokenizer, started + args.minutes * 60))
     results["total_s"] = time.monotonic() - started

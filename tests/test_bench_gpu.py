@@ -53,3 +53,28 @@ def test_the_gpu_benchmark_refuses_compile_with_quantize():
         capture_output=True, text=True, timeout=120, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 2 and "--compile does not work with --quantize" in done.stderr
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_the_torchao_int4_mode_is_refused_without_a_cuda_gpu_with_a_clear_message(device):
+    """torchao's int4 weight-only kernels (tinygemm) run on CUDA only: on this CPU machine the mode is
+    refused by the argument check (exit status 2, the reason and the fix), before any model is built."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_gpu.py"), "--small", "--device", device,
+         "--quantize", "torchao-int4"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    assert "--quantize torchao-int4 needs a CUDA GPU (torchao's int4 weight-only kernels, tinygemm" in done.stderr
+    assert f"{device!r} is not one here. Measure it on a GPU with --device cuda." in done.stderr
+
+
+def test_the_quantize_choices_name_the_torchao_speed_option():
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_gpu.py"), "--quantize", "int4"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 2
+    choices = re.search(r"invalid choice: '?int4'? \(choose from (.*)\)", done.stderr)
+    assert choices and choices[1].replace("'", "").split(", ") == ["none", "int8", "nf4", "torchao-int4"]

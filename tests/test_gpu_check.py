@@ -40,7 +40,9 @@ def test_the_gpu_check_writes_its_json_and_table_with_every_measure(tmp_path):
     recovery = results["out-of-memory recovery"]
     assert recovery["out_of_memory_then_retried"] and recovery["simulated"]
     assert (recovery["finish_reason"], recovery["new_tokens"], recovery["pool_entries_after"]) == ("length", 16, 1)
-    assert results["quantized"] == {"skipped": "bitsandbytes is not installed"}
+    quantized = results["quantized"]
+    assert quantized["4-bit nf4"] == quantized["8-bit"] == {"skipped": "bitsandbytes is not installed"}
+    assert quantized["torchao int4 + compile"]["skipped"].startswith("--quantize torchao-int4 needs a CUDA GPU")
     assert "greedy eager = compiled" not in results  # --skip-compile
     table = (out / "gpu-check.md").read_text(encoding="utf-8")
     assert table.startswith("| measure | value |")

@@ -158,17 +158,26 @@ def _too_small(free: int, mode: str, needed: int, context: int) -> str:
 
 
 def resident_bytes(model: Any) -> int:
-    """Measured bytes of a loaded model's weights and buffers, bitsandbytes' scales and absmax included."""
-    total = 0
-    for tensor in [*model.parameters(), *model.buffers()]:
-        total += tensor.numel() * tensor.element_size()
-        scales = getattr(tensor, "SCB", None)  # LLM.int8: one float32 scale per row
-        state = getattr(tensor, "quant_state", None)  # 4-bit: absmax (8-bit when nested) and its scales
-        extra = [scales] if scales is not None else []
-        if state is not None:
-            extra += [state.absmax, state.code]
-            nested = getattr(state, "state2", None)
-            if nested is not None:
-                extra += [nested.absmax, nested.code]
-        total += sum(part.numel() * part.element_size() for part in extra)
-    return total
+    """Measured bytes of a loaded model's weights and buffers, as stored: bitsandbytes' scales and
+    absmax included, a torchao tensor counted by the tensors it holds."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(part.numel() * part.element_size() for tensor in tensors for part in stored_tensors(tensor))
+
+
+def stored_tensors(tensor: Any) -> list[Any]:
+    """The plain tensors that hold ``tensor``'s data: itself, with bitsandbytes' quantization state,
+    or the inner tensors of a wrapper subclass (torchao's quantized weights)."""
+    flatten = getattr(tensor, "__tensor_flatten__", None)
+    if flatten is not None:
+        return [part for name in flatten()[0] for part in stored_tensors(getattr(tensor, name))]
+    parts = [tensor]
+    scales = getattr(tensor, "SCB", None)  # LLM.int8: one float32 scale per row
+    state = getattr(tensor, "quant_state", None)  # 4-bit: absmax (8-bit when nested) and its scales
+    if scales is not None:
+        parts.append(scales)
+    if state is not None:
+        parts += [state.absmax, state.code]
+        nested = getattr(state, "state2", None)
+        if nested is not None:
+            parts += [nested.absmax, nested.code]
+    return parts
