@@ -31,10 +31,9 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from jslm_chat.backends.inprocess.loading import bitsandbytes_config, load_inprocess_backend
-from jslm_chat.backends.inprocess.memory import cache_bytes_per_token
+from jslm_chat.backends.inprocess.memory import WORKING_MARGIN_BYTES, cache_bytes_per_token
 from jslm_chat.backends.inprocess.quantization import (
     GIB,
-    MARGIN_BYTES,
     MemoryTooSmallError,
     choose_quantization,
     resident_bytes,
@@ -155,7 +154,8 @@ def report_cards() -> None:
     config = LlamaConfig(**SEVEN_B)
     per_token = cache_bytes_per_token(config, 2)
     print(
-        f"--quantize auto for the 7B (needs: weights + one 4,096-token cache (2 GiB) + {MARGIN_BYTES / GIB:.0f} GiB):"
+        "--quantize auto for the 7B (needs: weights + one 4,096-token cache (2 GiB)"
+        f" + {WORKING_MARGIN_BYTES / GIB:.0f} GiB):"
     )
     print(f"  {'card':<24}{'free':>9}{'auto':>6}{'context':>9}{'4,096-token caches that fit':>30}")
     for card, free_gib in [*CARDS, ("CPU RAM", None)]:
@@ -168,7 +168,7 @@ def report_cards() -> None:
         except MemoryTooSmallError:
             print(f"  {card:<24}{free_gib:>5.1f} GiB{'—':>6}{'—':>9}{'too small: refused':>30}")
             continue
-        room = (free - weight_bytes(config, plan.mode) - MARGIN_BYTES) / (per_token * 4096)
+        room = (free - weight_bytes(config, plan.mode) - WORKING_MARGIN_BYTES) / (per_token * 4096)
         print(f"  {card:<24}{free_gib:>5.1f} GiB{plan.mode:>6}{plan.context:>9,}{room:>30.1f}")
 
 

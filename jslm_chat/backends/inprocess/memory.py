@@ -23,7 +23,9 @@ def cache_bytes_per_token(config: Any, dtype_bytes: int) -> int:
     return 2 * layers * kv_heads * head_dim * dtype_bytes
 
 
-WORKING_MARGIN_BYTES = 1 << 30  # activations of a prefill chunk, allocator slack, CUDA graphs
+WORKING_MARGIN_BYTES = 1 << 30
+"""Memory kept free beside the weights and the caches: activations of a prefill chunk, the CUDA
+allocator's slack, CUDA graphs, bitsandbytes' work buffers (the one margin of every budget)."""
 
 
 def cache_pool_budget(

@@ -2,7 +2,7 @@
 
 Pure arithmetic on the model's config and the free memory of each GPU (no torch here), so the
 choice is testable for any card. A mode *fits* a GPU when its weights, the attention cache of one
-full-context conversation and :data:`MARGIN_BYTES` (activations, the CUDA allocator's slack,
+full-context conversation and ``memory.WORKING_MARGIN_BYTES`` (activations, the CUDA allocator's slack,
 bitsandbytes' work buffers) fit that GPU's free memory. ``auto`` takes the first of float16, int8
 and nf4 that fits one GPU, else that fits all GPUs together (spread, with room left on each for
 the caches), else nf4 with the longest context that fits (at least :data:`MIN_CONTEXT` tokens).
@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from jslm_chat.backends.inprocess.memory import cache_bytes_per_token
+from jslm_chat.backends.inprocess.memory import WORKING_MARGIN_BYTES, cache_bytes_per_token
 from jslm_chat.model.errors import UserError
 
 QUANTIZE_CHOICES = ("auto", "none", "int8", "nf4")
@@ -23,7 +23,6 @@ QUANTIZE_CHOICES = ("auto", "none", "int8", "nf4")
 LOADED_MODES = ("none", "int8", "nf4")
 """The weight modes, best quality first: the order ``auto`` tries them in."""
 GIB = 1024**3
-MARGIN_BYTES = 1 * GIB
 MIN_CONTEXT = 1024
 CONTEXT_STEP = 256  # a context cut to fit is a multiple of this
 HALF_BYTES = 2  # float16: the weights that stay unquantized, the caches
@@ -83,7 +82,7 @@ def cached_context(config: Any, context: int) -> int:
 def needed_bytes(config: Any, mode: str, context: int) -> int:
     """Weights in ``mode`` + one conversation's float16 cache at ``context`` tokens + the margin."""
     cache = cache_bytes_per_token(config, HALF_BYTES) * cached_context(config, context)
-    return weight_bytes(config, mode) + cache + MARGIN_BYTES
+    return weight_bytes(config, mode) + cache + WORKING_MARGIN_BYTES
 
 
 @dataclass(frozen=True)
@@ -114,13 +113,14 @@ def choose_quantization(requested: str, free: Mapping[int, int], config: Any, co
     for mode in modes:
         if needs[mode] <= free[best]:
             return MemoryPlan(mode, context, gpu=best, reason=f"{requested} → {mode} on GPU {best}: {summary}")
-        if len(free) > 1 and needs[mode] + MARGIN_BYTES * (len(free) - 1) <= sum(free.values()):
+        if len(free) > 1 and needs[mode] + WORKING_MARGIN_BYTES * (len(free) - 1) <= sum(free.values()):
             spread = _spread(free, needs[mode] - weight_bytes(config, mode))
             reason = f"{requested} → {mode} over {len(free)} GPUs: {summary}"
             return MemoryPlan(mode, context, max_memory=spread, reason=reason)
     last = modes[-1]
     per_token = cache_bytes_per_token(config, HALF_BYTES)
-    fitting = (free[best] - weight_bytes(config, last) - MARGIN_BYTES) // per_token // CONTEXT_STEP * CONTEXT_STEP
+    room = free[best] - weight_bytes(config, last) - WORKING_MARGIN_BYTES
+    fitting = room // per_token // CONTEXT_STEP * CONTEXT_STEP
     if fitting >= MIN_CONTEXT:
         fitted = int(min(context, fitting))
         reason = f"{requested} → {last} on GPU {best}, context cut to {fitted:,} tokens: {summary}"
@@ -137,7 +137,7 @@ def _spread(free: Mapping[int, int], cache_and_margin: int) -> dict[int, int]:
 def _summary(free: Mapping[int, int], needs: Mapping[str, int], context: int) -> str:
     gpus = ", ".join(f"GPU {index} {bytes_ / GIB:.1f} GiB" for index, bytes_ in free.items())
     wanted = ", ".join(f"{mode} {bytes_ / GIB:.1f} GiB" for mode, bytes_ in needs.items())
-    margin = f"{MARGIN_BYTES / GIB:.0f} GiB margin"
+    margin = f"{WORKING_MARGIN_BYTES / GIB:.0f} GiB margin"
     return f"free {gpus}; needed at {context:,} tokens (weights + cache + {margin}): {wanted}"
 
 
