@@ -110,10 +110,15 @@ def quantized_copy(model: Any, mode: str, device: str) -> Any:
 
 def torchao_int4(model: Any) -> None:
     """Quantize the decoder's linear layers of ``model`` (on a CUDA GPU, in bfloat16) to torchao's int4
-    weight-only in place; the embeddings and the output layer stay in bfloat16, as with bitsandbytes."""
+    weight-only in place; the embeddings and the output layer stay in bfloat16, as with bitsandbytes.
+    Inductor keeps its defaults, as for the float16 ``--compile`` path (torchao's recommended
+    settings add coordinate-descent tuning, which lengthens compilation)."""
     from torchao.quantization import Int4WeightOnlyConfig, quantize_
 
-    quantize_(model.model, Int4WeightOnlyConfig(group_size=TORCHAO_GROUP_SIZE, int4_packing_format="tile_packed_to_4d"))
+    config = Int4WeightOnlyConfig(
+        group_size=TORCHAO_GROUP_SIZE, int4_packing_format="tile_packed_to_4d", set_inductor_config=False
+    )
+    quantize_(model.model, config)
 
 
 def torchao_int4_refusal(device: str) -> str | None:
