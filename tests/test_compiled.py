@@ -250,3 +250,28 @@ def test_every_serving_thread_is_warmed_for_every_cache_size_with_three_steps(co
 def test_static_sizes_are_the_sizes_replies_get():
     for context in (300, 512, 1000, 4096):
         assert static_sizes(context) == sorted({static_capacity(tokens, context) for tokens in range(1, context + 1)})
+
+
+@pytest.mark.usefixtures("paced_generation")
+def test_replies_at_the_same_time_decode_in_their_own_threads_caches(eager, compiled):
+    """With ``concurrency`` 2, a reply that starts while another decodes runs in the second warmed
+    thread, in that thread's caches: both give the eager replies and no third thread is made."""
+    from jslm_chat.backends.inprocess.backend import InProcessBackend
+
+    backend = InProcessBackend(
+        compiled.model, compiled.tokenizer, compiled.preset, compiled.placement, compiled=True, concurrency=2
+    )
+    loaded = loaded_model(backend.model_key)
+    long, short = Conversation(SYSTEM, [], "長い話をしてください。"), Conversation(SYSTEM, [], QUESTIONS[2])
+    running = backend.stream(long, greedy(400))
+    texts = iter(running)
+    next(texts)
+    second = answer(backend, short, greedy(24))
+    assert running.finish_reason is None  # the long reply was still decoding
+    for _ in texts:
+        pass
+    assert running.text == answer(eager, long, greedy(400)).text
+    assert second.text == answer(eager, short, greedy(24)).text
+    with torch.inference_mode():
+        held = sorted(int(caches.caches[STATIC_STEP_TOKENS].get_seq_length()) for caches in loaded.static_caches)
+    assert held == sorted([second.prompt.num_tokens + 24 - 1, running.prompt.num_tokens + 400 - 1])
