@@ -1,7 +1,9 @@
 """Daemon threads that run one piece of work after another, and as many as run at once.
 
 Compiled decoding runs its replies here: ``torch.compile`` keeps the CUDA graphs it records per
-thread, so threads that live on keep them, where a new thread per reply would record them again.
+thread, and each thread holds its own static caches, so threads that live on keep both, where a new
+thread per reply would allocate and record them again. A thread counts as idle before its waiter
+hears the work returned, so work submitted right after never starts a thread more.
 Daemon threads, unlike ``ThreadPoolExecutor``'s, never hold up the exit of the app.
 """
 
