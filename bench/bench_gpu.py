@@ -53,6 +53,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from jslm_chat.backends.inprocess.backend import InProcessBackend, Placement
 from jslm_chat.backends.inprocess.generation import _StopAndCount, generation_config
 from jslm_chat.backends.inprocess.loading import bitsandbytes_config
+from jslm_chat.backends.inprocess.memory import LLAMA2_7B
 from jslm_chat.backends.inprocess.quantization import GIB, resident_bytes
 from jslm_chat.backends.inprocess.static_cache import compile_config
 from jslm_chat.backends.inprocess.streamer import JapaneseTextStreamer
@@ -62,10 +63,6 @@ from jslm_chat.model.backend import Backend, Conversation
 from jslm_chat.model.presets import resolve_preset
 from jslm_chat.model.prompt import Turn
 
-LLAMA2_7B = {
-    "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
-    "num_key_value_heads": 32, "vocab_size": 32000, "max_position_embeddings": 4096,
-}  # fmt: skip
 SMALL = {**LLAMA2_7B, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2}
 SMALL["num_key_value_heads"] = 2
 PROMPT_LENGTHS = (512, 2048, 3500)

@@ -31,7 +31,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from jslm_chat.backends.inprocess.loading import bitsandbytes_config, load_inprocess_backend
-from jslm_chat.backends.inprocess.memory import WORKING_MARGIN_BYTES, cache_bytes_per_token
+from jslm_chat.backends.inprocess.memory import LLAMA2_7B, WORKING_MARGIN_BYTES, cache_bytes_per_token
 from jslm_chat.backends.inprocess.quantization import (
     GIB,
     MemoryTooSmallError,
@@ -44,10 +44,6 @@ from jslm_chat.model.backend import Conversation
 from jslm_chat.model.params import GenerationParams
 
 ROOT = Path(__file__).resolve().parent.parent
-SEVEN_B = {
-    "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
-    "num_key_value_heads": 32, "vocab_size": 32000, "max_position_embeddings": 4096,
-}  # fmt: skip
 # Card, free GiB as torch.cuda.mem_get_info reports it with the CUDA context up (about 0.4 GiB under the card).
 CARDS = [
     ("A10G 24 GB", 21.9),
@@ -128,7 +124,7 @@ def measured_bytes(layers: int, mode: str, scratch: Path) -> int:
     directory = scratch / f"layers{layers}"
     if not directory.exists():
         torch.manual_seed(0)
-        LlamaForCausalLM(LlamaConfig(**{**SEVEN_B, "num_hidden_layers": layers})).to(torch.float16).save_pretrained(
+        LlamaForCausalLM(LlamaConfig(**{**LLAMA2_7B, "num_hidden_layers": layers})).to(torch.float16).save_pretrained(
             directory
         )
     model = AutoModelForCausalLM.from_pretrained(
@@ -138,7 +134,7 @@ def measured_bytes(layers: int, mode: str, scratch: Path) -> int:
 
 
 def report_seven_b(layers: int) -> None:
-    config = LlamaConfig(**SEVEN_B)
+    config = LlamaConfig(**LLAMA2_7B)
     print(f"the 7B's weights (Llama-2 7B configuration, random weights, measured at 1 and {layers} layers on the CPU):")
     print(f"  {'mode':<6}{'measured':>12}{'predicted':>12}{'per layer':>12}")
     with tempfile.TemporaryDirectory() as scratch:
@@ -151,7 +147,7 @@ def report_seven_b(layers: int) -> None:
 
 
 def report_cards() -> None:
-    config = LlamaConfig(**SEVEN_B)
+    config = LlamaConfig(**LLAMA2_7B)
     per_token = cache_bytes_per_token(config, 2)
     print(
         "--quantize auto for the 7B (needs: weights + one 4,096-token cache (2 GiB)"

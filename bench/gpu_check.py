@@ -35,7 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_gpu, also when
 import torch
 import transformers
 from bench_gpu import (
-    LLAMA2_7B,
     PROMPT_LENGTHS,
     SMALL,
     first_token,
@@ -52,7 +51,7 @@ from jslm_chat.backends.inprocess.backend import InProcessBackend, Placement
 from jslm_chat.backends.inprocess.generation import free_accelerator_memory, loaded_model
 from jslm_chat.backends.inprocess.growing_cache import new_cache
 from jslm_chat.backends.inprocess.loading import bitsandbytes_config
-from jslm_chat.backends.inprocess.memory import cache_bytes_per_token
+from jslm_chat.backends.inprocess.memory import LLAMA2_7B, cache_bytes_per_token
 from jslm_chat.backends.inprocess.quantization import resident_bytes
 from jslm_chat.backends.inprocess.static_cache import static_sizes
 from jslm_chat.demo_model.corpus import load_corpus, tokenizer_texts

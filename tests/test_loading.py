@@ -51,9 +51,9 @@ def test_cpu_auto_dtype_is_bfloat16_for_big_models_where_supported(monkeypatch):
 def test_parameter_estimate_matches_a_llama_2_7b_config():
     from transformers import LlamaConfig
 
-    config = LlamaConfig(
-        vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32
-    )
+    from jslm_chat.backends.inprocess.memory import LLAMA2_7B
+
+    config = LlamaConfig(**LLAMA2_7B)
     assert 6.6e9 < estimate_parameters(config) < 6.8e9
     assert estimate_parameters(object()) is None
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from transformers import LlamaConfig, MistralConfig
 
-from jslm_chat.backends.inprocess.memory import cache_bytes_per_token
+from jslm_chat.backends.inprocess.memory import LLAMA2_7B, cache_bytes_per_token
 
-SEVEN_B = LlamaConfig(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, intermediate_size=11008)
+SEVEN_B = LlamaConfig(**LLAMA2_7B)
 
 
 def test_the_7b_cache_takes_half_a_mebibyte_per_token_in_float16():

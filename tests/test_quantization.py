@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Mi
 
 from jslm_chat.backends.inprocess import loading
 from jslm_chat.backends.inprocess.loading import bitsandbytes_config, load_inprocess_backend
+from jslm_chat.backends.inprocess.memory import LLAMA2_7B
 from jslm_chat.backends.inprocess.quantization import (
     GIB,
     QUANTIZE_CHOICES,
@@ -28,11 +29,7 @@ from jslm_chat.settings import QUANTIZE_CHOICES as FLAG_CHOICES
 from jslm_chat.settings import Settings, parse_settings
 
 ROOT = Path(__file__).resolve().parent.parent
-SEVEN_B = {
-    "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
-    "num_key_value_heads": 32, "vocab_size": 32000, "max_position_embeddings": 4096,
-}  # fmt: skip
-LLAMA_7B = LlamaConfig(**SEVEN_B)
+LLAMA_7B = LlamaConfig(**LLAMA2_7B)
 
 # Free memory as torch.cuda.mem_get_info reports it once the CUDA context is up (about 0.4 GiB less than the card).
 CARDS = [
@@ -89,7 +86,7 @@ def test_the_7b_weights_per_mode():
 
 
 def test_a_sliding_window_bounds_the_cache_and_grouped_query_attention_shrinks_it():
-    gamma = MistralConfig(**{**SEVEN_B, "num_key_value_heads": 8, "max_position_embeddings": 32768})
+    gamma = MistralConfig(**{**LLAMA2_7B, "num_key_value_heads": 8, "max_position_embeddings": 32768})
     assert needed_bytes(gamma, "nf4", 32768) == needed_bytes(gamma, "nf4", 4096)  # the window is 4,096
     assert needed_bytes(gamma, "nf4", 4096) - weight_bytes(gamma, "nf4") == GIB // 2 + GIB
 
@@ -195,7 +192,7 @@ def test_on_a_t4_the_7b_goes_to_gpu_0_in_int8_and_the_log_says_why(one_gpu, capl
 
 
 def test_a_card_too_small_ends_the_app_with_status_1_and_one_message(one_gpu, tmp_path, capsys):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", **SEVEN_B}))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", **LLAMA2_7B}))
     one_gpu["bytes"] = 3 * GIB
     assert serve(["--model", str(tmp_path)]) == 1
     error = capsys.readouterr().err

@@ -23,6 +23,12 @@ def cache_bytes_per_token(config: Any, dtype_bytes: int) -> int:
     return 2 * layers * kv_heads * head_dim * dtype_bytes
 
 
+LLAMA2_7B = {
+    "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
+    "num_key_value_heads": 32, "vocab_size": 32000, "max_position_embeddings": 4096,
+}  # fmt: skip
+"""The shape of the Llama-2 7B (japanese-stablelm-instruct-beta-7b): the model the budgets are planned
+and measured for (a ``LlamaConfig``'s arguments)."""
 WORKING_MARGIN_BYTES = 1 << 30
 """Memory kept free beside the weights and the caches: activations of a prefill chunk, the CUDA
 allocator's slack, CUDA graphs, bitsandbytes' work buffers (the one margin of every budget)."""
