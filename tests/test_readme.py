@@ -67,3 +67,11 @@ def test_a_front_page_whose_links_lead_somewhere():
         assert (ROOT / target).is_file(), target
     headings = set(re.findall(r"^## (.+)$", README, re.MULTILINE))
     assert {"OpenAI-compatible API", "GPUs and memory", "Limits"} <= headings
+
+
+def test_the_architecture_page_names_every_module():
+    page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    package = ROOT / "jslm_chat"
+    modules = [path for path in package.rglob("*.py") if path.name != "__init__.py" and "demo_model" not in path.parts]
+    unnamed = [str(path.relative_to(ROOT)) for path in modules if f" {path.name} " not in page]
+    assert unnamed == []
