@@ -68,7 +68,7 @@
   if (isPhone()) closeSidebar(50);
   document.addEventListener("click", (event) => {
     const target = event.target;
-    if (isPhone() && target instanceof Element && target.closest("#jslm-conversations label, #jslm-new-chat")) {
+    if (isPhone() && target instanceof Element && target.closest(".jslm-conversations label, #jslm-new-chat")) {
       setTimeout(() => closeSidebar(0), 150);
     }
   });

@@ -21,6 +21,7 @@ from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from jslm_chat.web.layout import STORAGE_KEY, STORAGE_SECRET
 from jslm_chat.web.saved import STORE_VERSION
+from jslm_chat.web.text import VOTE_RECORDED
 
 pytestmark = pytest.mark.browser
 
@@ -37,7 +38,7 @@ CHROMIUM_ARGS = [
 ]
 BOT = '#jslm-chatbot [data-testid="bot"]'
 USER = '#jslm-chatbot [data-testid="user"]'
-SAVED = "#jslm-conversations label"
+SAVED = "#jslm-sidebar .jslm-conversations label"  # every date group's conversations, newest first
 TIMEOUT_MS = 60_000
 
 
@@ -57,8 +58,10 @@ def browser() -> Iterator[Browser]:
 
 
 def open_page(browser: Browser, url: str, locale: str = "ja-JP", **options: Any) -> Page:
-    """A page in a fresh context (its own local storage), loaded and ready."""
-    context = browser.new_context(locale=locale, viewport=options.pop("viewport", {"width": 1200, "height": 1300}))
+    """A page in a fresh context (its own local storage; ``options`` as ``new_context`` takes them), loaded and
+    ready."""
+    viewport = options.pop("viewport", {"width": 1200, "height": 1300})
+    context = browser.new_context(locale=locale, viewport=viewport, **options)
     page = context.new_page()
     page.goto(url)
     page.wait_for_selector("body[data-jslm-restored]")  # saved conversations restored: safe to type
@@ -246,20 +249,22 @@ def test_retry_undo_and_clear(page):
     expect(page.locator(SAVED)).to_have_count(1)  # Clear starts a new conversation; the old one stays saved
 
 
-@pytest.mark.parametrize(("locale", "edit", "submit"), [("ja-JP", "編集", "送信"), ("en-US", "Edit", "Submit")])
+@pytest.mark.parametrize(
+    ("locale", "edit", "submit", "done"), [("ja-JP", "編集", "送信", "完了"), ("en-US", "Edit", "Submit", "Done")]
+)
 def test_editing_an_earlier_message_replaces_the_later_turns_and_undo_still_works(
-    browser, app_url, locale, edit, submit
+    browser, app_url, locale, edit, submit, done
 ):
     page = open_page(browser, app_url, locale=locale)
     set_max_new_tokens(page, 16)
-    ask(page, "一つ目の質問", 1)
-    ask(page, "二つ目の質問", 2)
+    ask(page, "一つ目の質問", 1, done)
+    ask(page, "二つ目の質問", 2, done)
     page.locator(f'#jslm-chatbot button[aria-label="{edit}"]').first.click()
     page.locator("#jslm-chatbot textarea").fill("直した質問")
     page.locator(f'#jslm-chatbot button[aria-label="{submit}"]').click()
     expect(page.locator(USER)).to_have_count(1, timeout=TIMEOUT_MS)
     expect(page.locator(USER)).to_have_text("直した質問")
-    wait_for_reply(page, 1)
+    wait_for_reply(page, 1, done)
     switcher = page.locator("#jslm-chatbot .jslm-switcher-count")
     expect(switcher).to_have_text("2 / 2", timeout=TIMEOUT_MS)  # the earlier version is kept
     page.locator("#jslm-undo").click()
@@ -300,9 +305,10 @@ def test_votes_are_written_as_json_lines_with_a_feedback_dir(browser, demo_engin
     try:
         page = open_page(browser, url, locale="en-US")
         set_max_new_tokens(page, 12)
-        ask(page, "評価してください", 1)
+        ask(page, "評価してください", 1, done="Done")
         page.locator("#jslm-comment textarea").fill("よい返答")
         page.locator('#jslm-chatbot button[aria-label="Like"]').click()
+        expect(page.locator(".toast-body")).to_contain_text(VOTE_RECORDED["en"])  # the notice, in English only
         log = tmp_path / "feedback.jsonl"
         assert wait_until(lambda: log.exists() and log.read_text(encoding="utf-8").strip(), 10)
         [entry] = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
@@ -378,8 +384,8 @@ def test_saved_conversations_survive_a_reload_keep_their_settings_and_can_be_ren
     page.locator("#jslm-title textarea").fill("大事な会話")
     page.locator("#jslm-rename").click()
     expect(page.locator(SAVED)).to_have_text(["大事な会話", "二つ目の会話です"])
-    page.once("dialog", lambda dialog: dialog.accept())
     page.locator("#jslm-delete").click()
+    page.locator("#jslm-delete-yes").click()
     expect(page.locator(SAVED)).to_have_text(["二つ目の会話です"])
     expect(page.locator(USER)).to_have_count(0)
     reload(page)
@@ -404,8 +410,7 @@ def test_english_browsers_get_english_labels(browser, app_url):
     page = open_page(browser, app_url, locale="en-US")
     expect(page.locator("#jslm-send")).to_have_text("Send", timeout=30_000)
     expect(page.locator("#jslm-new-chat")).to_have_text("New chat")
-    expect(page.locator("#jslm-rename")).to_have_text("Rename")
-    expect(page.locator("#jslm-delete")).to_have_text("Delete")
+    expect(page.locator("#jslm-no-conversations")).to_contain_text("No conversations yet")
     expect(page.locator("#jslm-saved-note")).to_contain_text("saved in this browser only")
     page.context.close()
 

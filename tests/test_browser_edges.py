@@ -1,7 +1,9 @@
 """The chat's edges in a real browser (Debian's Chromium) on the demo model: blank input, refused edits and
-messages, extreme settings, a phone's first screen, votes, Undo, reload, delete, edit keys, exports, Stop, versions.
+messages, extreme settings, a phone's first screen and touch targets, suggestion cards, the side panel (date
+groups, empty state, delete confirmation), one language per visitor, contrast, Undo, reload, exports, Stop,
+versions.
 
-Each test also keeps a screenshot under ``assets/screenshots/`` current where it shows the app at rest.
+Tests keep the screenshots under ``assets/screenshots/`` current: desktop, phone (390×844), English, versions.
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from __future__ import annotations
 import datetime
 import json
 import re
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import wait_until
@@ -24,13 +28,18 @@ from test_browser import (  # noqa: F401  (app_url and browser are fixtures)
     browser,
     max_new_tokens_field,
     open_page,
+    read_store,
     reload,
     send,
     set_max_new_tokens,
     wait_for_reply,
+    write_store,
 )
 
-from jslm_chat.web.layout import INPUT_RESERVE_TOKENS
+from jslm_chat.chat.service import MAX_MESSAGE_CHARS
+from jslm_chat.web.layout import INPUT_RESERVE_TOKENS, load_examples
+from jslm_chat.web.saved import STORE_VERSION
+from jslm_chat.web.text import NOTHING_TO_SEND
 
 pytestmark = pytest.mark.browser
 
@@ -132,13 +141,232 @@ def test_exports_are_named_after_the_title_and_date_and_name_the_model_by_its_id
     assert download.value.suggested_filename == f"富士山_の高さ-{today}.md"
 
 
-def test_the_desktop_screen(page):
+def test_the_desktop_screen(browser, app_url):  # noqa: F811
+    page = open_page(browser, app_url, viewport={"width": 1280, "height": 860})
+    day = 86_400
+    earlier = [
+        {"id": title, "title": title, "updated": time.time() - age, "messages": [{"role": "user", "content": title}]}
+        for title, age in (("京都の紅葉の名所", day), ("敬語の使い分け", 3 * day), ("カレーのコツ", 4 * day))
+    ]
+    write_store(page, {"version": STORE_VERSION, "conversations": earlier, "open": None})
+    reload(page)
+    expect(page.locator(SAVED)).to_have_count(3)
     set_max_new_tokens(page, 24)
-    page.locator("#jslm-settings .label-wrap").click()
     ask(page, "日本の四季について短く教えてください。", 1)
-    page.set_viewport_size({"width": 1280, "height": 860})
     page.evaluate("window.scrollTo(0, 0)")
+    settled(page)
+    assert page.locator("#jslm-input").bounding_box()["x"] >= page.locator("#jslm-sidebar").bounding_box()["width"]
     page.screenshot(path=str(SCREENSHOTS / "desktop.png"))
+    page.context.close()
+
+
+CARDS = "#jslm-chatbot button.example"
+GROUPS = "#jslm-sidebar .jslm-conversations:visible > [data-testid=block-info]"
+CONTRAST_JS = """(selectors) => {
+  const parse = (text) => {
+    const [r, g, b, a = 1] = text.match(/[\\d.]+/g).map(Number);
+    return [r, g, b, a];
+  };
+  const over = (top, bottom) => [0, 1, 2].map((i) => top[i] * top[3] + bottom[i] * (1 - top[3])).concat([1]);
+  const background = (element) => {
+    const layers = [];
+    for (let e = element; e; e = e.parentElement) {
+      const color = parse(getComputedStyle(e).backgroundColor);
+      if (color[3] > 0) layers.push(color);
+      if (color[3] >= 1) break;
+    }
+    return layers.reverse().reduce((below, layer) => over(layer, below), [255, 255, 255, 1]);
+  };
+  const luminance = (color) => {
+    const [r, g, b] = color.slice(0, 3).map((v) => (v /= 255) <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4);
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  };
+  const found = [];
+  for (const selector of selectors) {
+    for (const element of document.querySelectorAll(selector)) {
+      if (!element.checkVisibility() || !element.innerText.trim() || element.disabled) continue;
+      const color = parse(getComputedStyle(element).color);
+      for (let e = element; e; e = e.parentElement) color[3] *= Number(getComputedStyle(e).opacity);
+      const below = background(element);
+      const [light, dark] = [luminance(over(color, below)), luminance(below)].sort((a, b) => b - a);
+      found.push([selector, element.innerText.trim().slice(0, 24), (light + 0.05) / (dark + 0.05)]);
+    }
+  }
+  return found;
+}"""
+APP_TEXT = (
+    "#jslm-header h1",
+    "#jslm-header .jslm-model",
+    "#jslm-demo-banner p",
+    "#jslm-status p",
+    "#jslm-disclaimer p",
+    "#jslm-sidebar [data-testid=block-info]",
+    "#jslm-sidebar .jslm-conversations label span",
+    "#jslm-no-conversations p",
+    "#jslm-saved-note p",
+    "#jslm-delete-confirm p",
+    "#jslm-sidebar button",
+    "#jslm-input-row button",
+    "#jslm-actions button",
+    "#jslm-settings .label-wrap",
+    "#jslm-chatbot .placeholder p",
+    CARDS + " .example-text",
+)
+"""The app's own text (not the messages): what the contrast and language checks read."""
+
+
+def settled(page: Page) -> None:
+    """Wait until no transition runs (a fade-in measured halfway reads too light, a sliding panel overlaps)."""
+    page.wait_for_function(
+        "document.getAnimations()"
+        ".every((a) => a.playState !== 'running' || a.effect.getTiming().iterations === Infinity)"
+    )
+
+
+def low_contrast(page: Page) -> list[Any]:
+    """The app's own text shown with a contrast ratio under 4.5:1 (WCAG AA; a disabled control is exempt)."""
+    settled(page)
+    measured = page.evaluate(CONTRAST_JS, list(APP_TEXT))
+    assert len(measured) >= 10, measured  # the selectors still find the app's text
+    return [item for item in measured if item[2] < 4.5]
+
+
+def test_the_side_panel_by_date_its_empty_state_and_a_dismissed_delete_that_keeps_the_conversation(
+    browser,  # noqa: F811
+    app_url,  # noqa: F811
+):
+    page = open_page(browser, app_url, timezone_id="Asia/Tokyo")
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: dialogs.append(dialog.message))
+    expect(page.locator("#jslm-no-conversations")).to_contain_text("まだ会話はありません")
+    expect(page.locator("#jslm-manage")).to_be_hidden()  # no rename or delete with nothing to act on
+    expect(page.locator("#jslm-actions")).to_be_hidden()  # nor Retry, Undo, Clear or the exports in an empty chat
+    expect(page.locator("#jslm-exports")).to_be_hidden()
+    assert low_contrast(page) == []
+    set_max_new_tokens(page, 8)
+    cards = page.locator(CARDS)
+    expect(cards).to_have_count(len(load_examples("ja")))
+    picked = load_examples("ja")[1]
+    cards.nth(1).click()  # a suggestion card sends its text
+    expect(page.locator(USER)).to_have_text([picked])
+    wait_for_reply(page, 1)
+    expect(cards).to_have_count(0)
+    expect(page.locator("#jslm-actions")).to_be_visible()
+    expect(page.locator(GROUPS)).to_have_text(["今日"])
+    expect(page.locator(SAVED)).to_have_count(1)
+    expect(page.locator("#jslm-no-conversations")).to_be_hidden()
+    page.locator("#jslm-delete").click()
+    expect(page.locator("#jslm-delete-confirm")).to_contain_text("削除しますか")
+    assert low_contrast(page) == []  # the chat, the status line, the panel and its confirmation
+    page.locator("#jslm-delete-cancel").click()
+    expect(page.locator("#jslm-delete-confirm")).to_be_hidden()
+    reload(page)
+    expect(page.locator(SAVED)).to_have_count(1)  # dismissed: the conversation stays, also after a reload
+    expect(page.locator(USER)).to_have_text([picked])
+    page.locator("#jslm-delete").click()
+    page.locator("#jslm-delete-yes").click()
+    expect(page.locator(SAVED)).to_have_count(0)
+    expect(page.locator("#jslm-no-conversations")).to_be_visible()
+    assert dialogs == []  # asked inside the page, never with the browser's dialog
+    day = 86_400
+    long_title = "とても長いタイトル" * 8
+    items = [
+        {"id": name, "title": title, "updated": time.time() - age, "messages": [{"role": "user", "content": title}]}
+        for name, title, age in (
+            ("old", "昔の会話", 40 * day),
+            ("week", "先週の会話", 3 * day),
+            ("yesterday", "昨日の会話", day),
+            ("today", long_title, 0),
+        )
+    ]
+    write_store(page, {"version": STORE_VERSION, "conversations": items, "open": "week"})
+    reload(page)
+    expect(page.locator(GROUPS)).to_have_text(["今日", "昨日", "過去 7 日間", "それ以前"])
+    expect(page.locator(SAVED)).to_have_text([long_title[:59] + "…", "昨日の会話", "先週の会話", "昔の会話"])
+    cut = page.locator(SAVED).first.locator("span")
+    assert cut.evaluate("e => getComputedStyle(e).textOverflow === 'ellipsis' && e.scrollWidth > e.clientWidth")
+    assert page.locator(SAVED).first.bounding_box()["height"] < 50  # one line, not wrapped
+    assert read_store(page)["utc_offset"] == 540  # the browser's time zone (Tokyo) decides the groups
+    page.context.close()
+
+
+def test_a_refused_edit_keeps_every_turn_also_after_a_reload(page):
+    set_max_new_tokens(page, 8)
+    questions = ["一つ目の質問", "二つ目の質問", "三つ目の質問"]
+    for count, question in enumerate(questions, start=1):
+        ask(page, question, count)
+    assert MAX_MESSAGE_CHARS < 25_000
+    for index, refused, why in ((1, "", NOTHING_TO_SEND), (0, "長" * 25_000, "長すぎます")):  # message 2, message 1
+        page.locator('#jslm-chatbot button[aria-label="編集"]').nth(index).click()
+        page.locator("#jslm-chatbot textarea").fill(refused)
+        page.locator('#jslm-chatbot button[aria-label="送信"]').click()
+        expect(page.locator(".toast-body", has_text=why)).to_be_visible(timeout=TIMEOUT_MS)
+        expect(page.locator(USER)).to_have_text(questions)
+        expect(page.locator(BOT)).to_have_count(3)
+    reload(page)
+    expect(page.locator(USER)).to_have_text(questions, timeout=TIMEOUT_MS)
+    expect(page.locator(BOT)).to_have_count(3)
+
+
+def test_the_phone_screen_first_screen_touch_targets_and_the_side_panel_closing_after_a_pick(
+    browser,  # noqa: F811
+    app_url,  # noqa: F811
+):
+    page = open_page(browser, app_url, viewport=PHONE, has_touch=True, is_mobile=True)
+    for part in ("#jslm-input textarea", "#jslm-send"):  # the first screen, without scrolling
+        box = page.locator(part).bounding_box()
+        assert box["y"] >= 0 and box["y"] + box["height"] <= PHONE["height"], (part, box)
+    cards = [card.bounding_box() for card in page.locator(CARDS).all() if card.is_visible()]
+    assert 2 <= len(cards) <= 4 and all(card["y"] + card["height"] <= PHONE["height"] for card in cards)
+    set_max_new_tokens(page, 12)
+    ask(page, "最初の会話", 1)
+    page.locator("#jslm-sidebar .toggle-button").click()
+    page.locator("#jslm-new-chat").click()
+    expect(page.locator("#jslm-sidebar")).not_to_have_class(re.compile(r"\bopen\b"))  # closed after a pick
+    ask(page, "東京のおすすめを教えてください。", 1)
+    targets = page.locator("#jslm-send, #jslm-actions button, #jslm-chatbot button.icon-button").all()
+    sizes = [target.bounding_box() for target in targets if target.is_visible()]
+    assert len(sizes) >= 8  # Send, Retry, Undo, Clear, and the messages' icons
+    assert [size for size in sizes if size["width"] < 40 or size["height"] < 40] == []
+    page.evaluate("window.scrollTo(0, 0)")
+    settled(page)
+    page.screenshot(path=str(SCREENSHOTS / "phone.png"))
+    page.locator("#jslm-sidebar .toggle-button").click()
+    page.locator(SAVED, has_text="最初の会話").click()
+    expect(page.locator("#jslm-sidebar")).not_to_have_class(re.compile(r"\bopen\b"))
+    expect(page.locator(USER)).to_have_text(["最初の会話"])
+    page.context.close()
+
+
+SHOWN_TEXT_JS = """(selectors) => selectors.flatMap((selector) => [...document.querySelectorAll(selector)])
+  .filter((element) => element.checkVisibility())
+  .map((element) => {
+    const copy = element.cloneNode(true);
+    copy.querySelectorAll("b").forEach((name) => name.remove());  // the model's own name
+    return copy.textContent;
+  })"""
+JAPANESE = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
+
+
+def test_an_english_browser_gets_english_everywhere(browser, app_url):  # noqa: F811
+    page = open_page(browser, app_url, locale="en-US", viewport={"width": 1280, "height": 860})
+    expect(page.locator("#jslm-header h1")).to_contain_text("Japanese StableLM Chat")
+    expect(page.locator("#jslm-no-conversations")).to_contain_text("No conversations yet")
+    expect(page.locator(CARDS).first).to_have_text(load_examples("en")[0])
+    set_max_new_tokens(page, 16)
+    ask(page, "Tell me about Kyoto.", 1, done="Done")
+    expect(page.locator(GROUPS)).to_have_text(["Today"])
+    expect(page.locator("#jslm-status")).to_contain_text("seed")
+    expect(page.locator('#jslm-chatbot button[aria-label="Edit"]')).to_have_count(1)  # Gradio's own labels
+    expect(page.locator('#jslm-chatbot button[aria-label="Clear"]')).to_have_count(1)
+    page.locator("#jslm-delete").click()
+    shown = page.evaluate(SHOWN_TEXT_JS, [item for item in APP_TEXT if item != CARDS + " .example-text"])
+    assert len(shown) >= 10 and [text for text in shown if JAPANESE.search(text)] == []
+    page.locator("#jslm-delete-cancel").click()
+    page.evaluate("window.scrollTo(0, 0)")
+    settled(page)
+    page.screenshot(path=str(SCREENSHOTS / "english.png"))
+    page.context.close()
 
 
 SWITCHER = "#jslm-chatbot .jslm-switcher"
@@ -159,7 +387,7 @@ def retry(page: Page, versions: int) -> None:
 def test_retry_keeps_each_version_the_chat_continues_from_the_one_shown_and_a_reload_keeps_it(page):
     set_max_new_tokens(page, 8)
     first = ask(page, "一つ目の質問", 1)
-    seed = re.search(r"シード \(seed\): (\d+)", page.locator("#jslm-status").inner_text()).group(1)
+    seed = re.search(r"シード (\d+)", page.locator("#jslm-status").inner_text()).group(1)
     expect(page.locator(SWITCHER)).to_have_count(0)  # one version: no switcher
     retry(page, 2)
     retry(page, 3)

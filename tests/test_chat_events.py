@@ -17,8 +17,15 @@ from helpers import generation_threads, wait_until
 from jslm_chat.chat.service import ChatService
 from jslm_chat.model.params import SHOWN_SETTINGS
 from jslm_chat.web.chat_events import ChatHandlers, pending
-from jslm_chat.web.saved import MAX_SAVED_CONVERSATIONS, MAX_STORE_BYTES, NEW_CHAT_TITLE, STORE_VERSION, empty_store
-from jslm_chat.web.saved_events import ConversationHandlers
+from jslm_chat.web.saved import (
+    DATE_GROUPS,
+    MAX_SAVED_CONVERSATIONS,
+    MAX_STORE_BYTES,
+    NEW_CHAT_TITLE,
+    STORE_VERSION,
+    empty_store,
+)
+from jslm_chat.web.saved_events import PANEL_OUTPUTS, ConversationHandlers
 from jslm_chat.web.versions import no_versions
 
 REQUEST = SimpleNamespace(session_hash="session-1")  # what the handlers read from gr.Request
@@ -40,6 +47,24 @@ def handlers(service: ChatService) -> ChatHandlers:
 @pytest.fixture
 def saved(service: ChatService) -> ConversationHandlers:
     return ConversationHandlers(service, len(SHOWN_SETTINGS), EMPTIED)
+
+
+def side(outputs: tuple[Any, ...]) -> SimpleNamespace:
+    """The side panel in a handler's outputs, by name (its lists' choices joined, newest first)."""
+    store, current, *rest = outputs[:PANEL_OUTPUTS]
+    lists, (title, manage, confirm, empty, switchers) = rest[: len(DATE_GROUPS)], rest[len(DATE_GROUPS) :]
+    return SimpleNamespace(
+        store=store,
+        current=current,
+        groups={group: radio.choices for group, radio in zip(DATE_GROUPS, lists, strict=True) if radio.visible},
+        choices=[choice for radio in lists for choice in radio.choices],
+        selected=[radio.value for radio in lists if radio.value is not None],
+        title=title,
+        manage=manage.visible,
+        confirm=confirm.visible,
+        empty=empty.visible,
+        switchers=switchers,
+    )
 
 
 def values(handlers: ChatHandlers, **changed: Any) -> list[Any]:
@@ -80,7 +105,8 @@ def test_submit_moves_the_message_into_the_chat_and_puts_stop_in_sends_place(han
     for message, busy in (("   ", False), ("", False), ("二通目", True)):  # refused without an error
         refused = handlers.submit(message, history, V, busy)
         assert all(update == gr.skip() for update in refused[:-1]) and refused[-1] is None
-        assert drive(handlers.respond(REQUEST, [*history], V, refused[-1], *values(handlers))) == []
+        # Nothing to answer: every output left as it is (a generator that yields nothing empties them all).
+        assert drive(handlers.respond(REQUEST, [*history], V, refused[-1], *values(handlers))) == [(gr.skip(),) * 5]
 
 
 def test_respond_streams_a_finished_reply_with_a_status_line(handlers):
@@ -214,59 +240,89 @@ def test_reset_gives_the_presets_defaults(handlers, service):
 
 
 def test_a_conversation_is_saved_with_its_settings_and_titled_by_its_first_message(handlers, saved):
-    store, current, _, title, _ = saved.save(empty_store(), None, [], V, *values(handlers))
-    assert current is None and store["conversations"] == []  # nothing to save yet
+    empty = side(saved.save(empty_store(), None, [], V, *values(handlers)))
+    assert empty.current is None and empty.store["conversations"] == []  # nothing to save yet
+    assert empty.empty and not empty.manage  # the friendly empty state; no rename or delete for nothing
     history = [{"role": "user", "content": "富士山の高さは？\n詳しく"}, {"role": "assistant", "content": "3776 m"}]
-    store, current, listing, title, _ = saved.save(
-        store, None, history, V, *values(handlers, temperature=0.3, seed="42")
-    )
-    assert current and title == "富士山の高さは？"
-    assert listing.choices == [("富士山の高さは？", current)] and listing.value == current
-    stored = json.loads(json.dumps(store))  # what local storage keeps
+    panel = side(saved.save(empty.store, None, history, V, *values(handlers, temperature=0.3, seed="42")))
+    current = panel.current
+    assert current and panel.title == "富士山の高さは？" and panel.manage and not panel.empty
+    assert panel.groups == {"today": [("富士山の高さは？", current)]} and panel.selected == [current]
+    stored = json.loads(json.dumps(panel.store))  # what local storage keeps
     assert stored["version"] == STORE_VERSION
     [conversation] = stored["conversations"]
     assert conversation["messages"] == history
     assert conversation["settings"]["temperature"] == 0.3 and conversation["settings"]["seed"] == 42
     # A reload opens the conversation that was open, with its settings.
     loaded = saved.load(stored)
-    assert loaded[1] == current and loaded[3] == "富士山の高さは？" and loaded[5] == history and loaded[6] == V
-    assert dict(zip(NAMES, loaded[7:], strict=True))["temperature"] == 0.3
+    assert side(loaded).current == current and side(loaded).title == "富士山の高さは？"
+    assert loaded[PANEL_OUTPUTS : PANEL_OUTPUTS + 2] == (history, V)
+    assert dict(zip(NAMES, loaded[PANEL_OUTPUTS + 2 :], strict=True))["temperature"] == 0.3
     assert saved.load(None)[:2] == (empty_store(), None)
-    assert all(update == gr.skip() for update in saved.load(None)[5:])  # nothing to restore: chat, settings kept
+    assert all(update == gr.skip() for update in saved.load(None)[PANEL_OUTPUTS:])  # nothing to restore
+
+
+def test_the_side_panel_groups_conversations_by_day_in_the_browsers_time_zone(saved):
+    now = time.time()
+    day = 86_400
+    ages = {"today": 0, "yesterday": day, "week": 3 * day, "older": 40 * day}
+    items = [
+        _stored(index, id=group, title=group, updated=now - age) for index, (group, age) in enumerate(ages.items())
+    ]
+    store = {"version": STORE_VERSION, "conversations": items, "open": "week", "utc_offset": 540}
+    panel = side(saved.load(store))
+    assert panel.groups == {group: [(group, group)] for group in ages}  # newest group first, each in its own
+    assert panel.selected == ["week"] and panel.store["utc_offset"] == 540  # the time zone is kept
+    # Just after midnight in Tokyo (15:00 UTC), a conversation from 23:59 Tokyo time is yesterday's there,
+    # while the same moment is still "today" in UTC.
+    midnight_tokyo = (now // day) * day + 15 * 3600
+    late = [_stored(1, id="late", updated=midnight_tokyo - 60)]
+    for offset, group in ((540, "yesterday"), (0, "today")):
+        stored = {"version": STORE_VERSION, "conversations": late, "utc_offset": offset}
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(time, "time", lambda: midnight_tokyo + 60)
+            assert list(side(saved.load(stored)).groups) == [group]
+    bad = {"version": STORE_VERSION, "conversations": items, "utc_offset": "+09:00"}
+    assert side(saved.load(bad)).store["utc_offset"] == 0  # a malformed time zone: UTC
 
 
 def test_switching_saves_the_open_conversation_and_opens_the_other(handlers, saved):
     first = [{"role": "user", "content": "一つ目"}, {"role": "assistant", "content": "いち"}]
     second = [{"role": "user", "content": "二つ目"}]
-    store, first_id, *_ = saved.save(empty_store(), None, first, V, *values(handlers, top_k=7))
-    store, second_id, listing, *_ = saved.save(store, None, second, V, *values(handlers, top_k=9))
-    assert [choice[1] for choice in listing.choices] == [second_id, first_id]  # newest first
+    panel = side(saved.save(empty_store(), None, first, V, *values(handlers, top_k=7)))
+    first_id = panel.current
+    panel = side(saved.save(panel.store, None, second, V, *values(handlers, top_k=9)))
+    second_id = panel.current
+    assert [choice[1] for choice in panel.choices] == [second_id, first_id]  # newest first
     longer = [*second, {"role": "assistant", "content": "に"}]
-    opened = saved.open(REQUEST, first_id, store, second_id, longer, V, *values(handlers, top_k=11))
-    store, current, _, title, _, chat, _, status, button, generating, send, _ = opened[:12]
-    assert (current, title, chat, status, generating) == (first_id, "一つ目", first, "", False)
+    opened = saved.open(REQUEST, first_id, panel.store, second_id, longer, V, *values(handlers, top_k=11))
+    panel = side(opened)
+    chat, _, status, button, generating, send, _ = opened[PANEL_OUTPUTS : PANEL_OUTPUTS + EMPTIED]
+    assert (panel.current, panel.title, chat, status, generating) == (first_id, "一つ目", first, "", False)
+    assert panel.selected == [first_id] and not panel.confirm  # an open delete confirmation closes
     assert button.visible is False and send.visible is True
-    assert dict(zip(NAMES, opened[12:], strict=True))["top_k"] == 7
-    assert saved.load(store)[1] == first_id  # a reload reopens it, not the newest
-    left = next(item for item in store["conversations"] if item["id"] == second_id)
+    assert dict(zip(NAMES, opened[PANEL_OUTPUTS + EMPTIED :], strict=True))["top_k"] == 7
+    assert side(saved.load(panel.store)).current == first_id  # a reload reopens it, not the newest
+    left = next(item for item in panel.store["conversations"] if item["id"] == second_id)
     assert left["messages"] == longer and left["settings"]["top_k"] == 11
 
 
 def test_new_chat_rename_and_delete(handlers, saved):
     history = [{"role": "user", "content": "名前のない会話"}]
-    store, current, *_ = saved.save(empty_store(), None, history, V, *values(handlers))
-    store, listing, title = saved.rename(store, current, "  大事な話  ")
-    assert title == "大事な話" and listing.choices == [("大事な話", current)]
-    assert saved.rename(store, current, "")[2] == "名前のない会話"  # an empty name goes back to the message
-    store, new_current, listing, title, _, chat, *_ = saved.new_chat(
-        REQUEST, store, current, history, V, *values(handlers)
-    )
-    assert (new_current, title, chat, listing.value) == (None, "", [], None)
-    assert len(store["conversations"]) == 1  # the conversation left stays saved
-    assert all(update == gr.skip() for update in saved.delete(REQUEST, store, None))  # not confirmed
-    store, deleted_current, listing, *_ = saved.delete(REQUEST, store, current)
-    assert store["conversations"] == [] and listing.choices == [] and deleted_current is None
-    store, current, *_ = saved.save(store, None, history, V, *values(handlers))
+    panel = side(saved.save(empty_store(), None, history, V, *values(handlers)))
+    store, current = panel.store, panel.current
+    panel = side(saved.rename(store, current, "  大事な話  "))
+    assert panel.title == "大事な話" and panel.choices == [("大事な話", current)]
+    assert side(saved.rename(panel.store, current, "")).title == "名前のない会話"  # back to the message
+    new = saved.new_chat(REQUEST, panel.store, current, history, V, *values(handlers))
+    panel, chat = side(new), new[PANEL_OUTPUTS]
+    assert (panel.current, panel.title, chat, panel.selected, panel.manage) == (None, "", [], [], False)
+    assert len(panel.store["conversations"]) == 1  # the conversation left stays saved
+    assert all(update == gr.skip() for update in saved.delete(REQUEST, panel.store, None))  # nothing open
+    panel = side(saved.delete(REQUEST, panel.store, current))
+    assert panel.store["conversations"] == [] and panel.choices == [] and panel.current is None
+    assert panel.empty
+    store, current, *_ = saved.save(panel.store, None, history, V, *values(handlers))
     store, current, *_ = saved.save(store, current, [], V, *values(handlers))  # every turn undone
     assert store["conversations"] == [] and current is None  # no empty conversation is kept
 
@@ -300,7 +356,7 @@ def _stored(index: int, **changed: Any) -> dict[str, Any]:
 def test_malformed_saved_data_is_dropped_with_a_bilingual_notice(saved, store):
     with pytest.warns(UserWarning, match="破棄しました。 / .* dropped"):
         loaded = saved.load(store)
-    assert loaded[:2] == (empty_store(), None) and loaded[2].choices == []
+    assert loaded[:2] == (empty_store(), None) and side(loaded).choices == []
 
 
 def test_good_conversations_survive_beside_malformed_ones_and_bad_settings_fall_back(saved, service):
@@ -309,7 +365,7 @@ def test_good_conversations_survive_beside_malformed_ones_and_bad_settings_fall_
     with pytest.warns(UserWarning, match="3 件"):  # a bad conversation, a bad setting, a duplicate id
         loaded = saved.load(store)
     assert [item["id"] for item in loaded[0]["conversations"]] == ["id-2"]
-    settings = dict(zip(NAMES, loaded[7:], strict=True))
+    settings = dict(zip(NAMES, loaded[PANEL_OUTPUTS + 2 :], strict=True))
     assert settings["temperature"] == service.backend.preset.default_settings()["temperature"]
     assert settings["top_k"] == 5
 
@@ -332,7 +388,7 @@ def test_storage_is_bounded_to_the_newest_conversations(handlers, saved):
 
 def test_a_conversation_without_a_message_is_titled_new_chat(saved):
     store = {"version": STORE_VERSION, "conversations": [_stored(1, title="", messages=[])]}
-    assert saved.load(store)[3] == NEW_CHAT_TITLE
+    assert side(saved.load(store)).title == NEW_CHAT_TITLE
 
 
 def test_thirty_replies_and_their_exports_write_nothing_to_disk(handlers, monkeypatch, tmp_path):
@@ -359,8 +415,8 @@ def test_a_strangers_huge_versions_are_left_out_with_one_log_line(saved, caplog)
     with caplog.at_level("INFO", logger="jslm_chat"), pytest.warns(UserWarning, match="1 件"):
         loaded = saved.load(store)
     assert [record.levelname for record in caplog.records if "refused" in record.message] == ["INFO"]
-    assert loaded[5] == _stored(1)["messages"] and loaded[6] == V  # the conversation stays, without them
-    assert "versions" in loaded[0]["conversations"][0] and loaded[4] == "[]"
+    assert loaded[PANEL_OUTPUTS : PANEL_OUTPUTS + 2] == (_stored(1)["messages"], V)  # stays, without them
+    assert "versions" in loaded[0]["conversations"][0] and side(loaded).switchers == "[]"
 
 
 def test_what_a_session_keeps_in_memory_is_bounded_as_what_it_saves(handlers, caplog):

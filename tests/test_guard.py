@@ -18,6 +18,7 @@ from helpers import launch_app, wait_until
 
 from jslm_chat.model.params import SHOWN_SETTINGS
 from jslm_chat.model.presets import PRESETS
+from jslm_chat.web.saved import DATE_GROUPS
 
 CONTROLS = [  # the settings controls' values as the browser sends them
     "" if value is None else value
@@ -149,13 +150,17 @@ def test_no_request_writes_more_than_about_a_kilobyte_to_the_log(server, capfd):
     assert len(logged) < 2 * 2_000, logged[:3000]  # two requests, each at most about a kilobyte
 
 
-def test_unreadable_event_data_for_a_vote_or_an_edit_is_a_422_not_a_500(server):
+def test_unreadable_event_data_for_a_vote_an_edit_or_a_suggestion_card_is_a_422_not_a_500(server):
     url, *_ = server
     with client_at(url, "127.0.0.8") as http:
         answers = [
             http.post(path, json={"fn_index": fn_index(http, name), "data": data, "event_data": event})
             for path in ("/gradio_api/run/predict", "/gradio_api/queue/join")
-            for name, data in (("vote", [[], "", *CONTROLS]), ("edit", [[]]))
+            for name, data in (
+                ("vote", [[], "", *CONTROLS]),
+                ("edit", [[], None]),
+                ("submit_example", [[], None, False]),
+            )
             for event in (None, {"x": 1}, {"index": 0})
         ]
     assert [answer.status_code for answer in answers] == [422] * len(answers)
@@ -268,9 +273,9 @@ def test_a_broken_saved_conversation_is_dropped_and_the_rest_still_loads(server)
     with client_at(url) as http:
         answer = http.post("/gradio_api/run/predict", json={"fn_index": fn_index(http, "load"), "data": [store]})
     assert answer.status_code == 200, answer.text[:500]
-    stored, _, listing, title = answer.json()["data"][:4]  # the open conversation itself stays on the server
+    stored, _, *lists = answer.json()["data"][: 2 + len(DATE_GROUPS)]  # the open one's id stays on the server
     assert [item["id"] for item in stored["conversations"]] == ["good"]
-    assert listing["value"] == "good" and title == "残る会話"
+    assert [radio["value"] for radio in lists if radio.get("value")] == ["good"]
 
 
 def test_the_pwa_icon_is_served(server):

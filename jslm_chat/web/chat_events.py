@@ -23,6 +23,7 @@ from jslm_chat.web.event_common import (
     History,
     Message,
     control_values,
+    language,
     sending_allowed,
     settings_by_name,
     skipped,
@@ -41,6 +42,8 @@ from jslm_chat.web.versions import Versions, branched, recorded, switched, trimm
 
 MAX_COMMENT_CHARS = 2_000
 NOT_A_REPLY = "評価できるのは、この画面で受け取った返答だけです。 / You can only rate a reply this page received."
+STREAMED_OUTPUTS = 5
+"""What a reply event updates: the chat, the textbox, the status line, Continue and the versions."""
 Pending = dict[str, Any] | None
 """What a reply event is to answer: ``{"before": history, "versions": versions, "back": bool}`` (the chat and
 its versions to go back to, and whether the message goes back into the textbox, if the reply is refused), or
@@ -126,11 +129,20 @@ class ChatHandlers:
         asked = [*before, {"role": "user", "content": message}]
         return "", asked, *sending_allowed(True), pending(before, versions, back=True)
 
+    def submit_example(
+        self, example: gr.SelectData, history: History, versions: Versions, generating: bool
+    ) -> tuple[Any, ...]:
+        """A suggestion card in the empty chat, clicked: its text is sent as a message (as :meth:`submit`)."""
+        value = example.value if isinstance(example.value, dict) else {}
+        text = value.get("text")
+        return self.submit(text if isinstance(text, str) else "", history, versions, generating)
+
     async def respond(
         self, request: gr.Request, history: History, versions: Versions, todo: Pending, *values: Any
     ) -> AsyncIterator[tuple[Any, ...]]:
         """Stream the reply to the pending last user message into the chat and the status line."""
         if todo is None or not history or history[-1].get("role") != "user":
+            yield skipped(STREAMED_OUTPUTS)  # Gradio empties every output of a generator that yields nothing
             return
         message = content_text(history[-1].get("content"))
         made = (history[:-1], message, versions, values)
@@ -142,6 +154,7 @@ class ChatHandlers:
     ) -> AsyncIterator[tuple[Any, ...]]:
         """Extend the last reply, which was cut off at max_new_tokens, in the same bubble."""
         if todo is None or not history or history[-1].get("role") != "assistant":
+            yield skipped(STREAMED_OUTPUTS)
             return
         async for update in self._stream((history, "", versions, values), request, todo, continue_reply=True):
             yield update
@@ -160,7 +173,7 @@ class ChatHandlers:
         in the versions with its seed and settings.
         """
         past, message, versions, values = made
-        service, session = self.service, request.session_hash
+        service, session, lang = self.service, request.session_hash, language(request)
         shown = past if continue_reply else [*past, {"role": "user", "content": message}]
         before = _trim_to_last_user_message(past) if continue_reply else shown
         try:
@@ -169,15 +182,15 @@ class ChatHandlers:
             if job.reply.prompt.dropped_turns:
                 gr.Info(dropped_notice(job.reply.prompt.dropped_turns))
             settings = made_with(chat_request.params, values)
-            yield gr.skip(), gr.skip(), STARTING, gr.Button(visible=False), gr.skip()
+            yield gr.skip(), gr.skip(), STARTING[lang], gr.Button(visible=False), gr.skip()
             async for event in stream_events(service, job, session):
                 if isinstance(event, InLine):
-                    yield gr.skip(), gr.skip(), waiting_line(event.ahead), gr.skip(), gr.skip()
+                    yield gr.skip(), gr.skip(), waiting_line(event.ahead, lang), gr.skip(), gr.skip()
                     continue
                 shown = [*before, {"role": "assistant", "content": event.text}]
                 done = isinstance(event, Done)
                 reason = event.finish_reason if isinstance(event, Done) else None
-                status = status_line(event.reply, service.backend.context_length, reason)
+                status = status_line(event.reply, service.backend.context_length, reason, lang)
                 record = gr.skip()
                 if done and event.text:
                     record = recorded(versions, len(before), event.reply.seed, settings, continued=continue_reply)
@@ -303,5 +316,5 @@ class ChatHandlers:
             log_user_error(error)
             gr.Warning(str(error))
             return comment
-        gr.Info(VOTE_RECORDED)
+        gr.Info(VOTE_RECORDED[language(request)])
         return ""

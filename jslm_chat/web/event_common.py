@@ -8,6 +8,7 @@ from typing import Any
 import gradio as gr
 
 from jslm_chat.model.params import SHOWN_SETTINGS
+from jslm_chat.web.text import language_of
 
 Message = dict[str, Any]
 History = list[Message]
@@ -34,3 +35,9 @@ def control_values(settings: Mapping[str, Any]) -> tuple[Any, ...]:
 def skipped(count: int) -> tuple[Any, ...]:
     """``count`` outputs left as they are."""
     return (gr.skip(),) * count
+
+
+def language(request: gr.Request | None) -> str:
+    """The visitor's language ("ja" or "en"), from the browser's ``Accept-Language``."""
+    headers = getattr(request, "headers", None) or {}
+    return language_of(headers.get("accept-language"))

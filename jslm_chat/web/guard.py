@@ -13,8 +13,8 @@ One ASGI middleware, installed on Gradio's FastAPI app before the server starts
 - answers ``/pwa_icon`` with the favicon (Gradio's own route fails on an SVG icon);
 - brakes password guessing (:class:`~jslm_chat.web.login_brake.LoginBrake`);
 - under ``--auth``, leaves the API description out of the login page;
-- refuses a UI event whose event data Gradio could not read (a 👍/👎 or an edit without its index
-  and values) with 422, instead of letting Gradio fail with a 500.
+- refuses a UI event whose event data Gradio could not read (a 👍/👎, an edit or a suggestion card
+  without its index and values) with 422, instead of letting Gradio fail with a 500.
 """
 
 from __future__ import annotations
@@ -44,8 +44,12 @@ API_INFO = re.compile(rb"window\.gradio_api_info = .*?;</script>", re.DOTALL)
 NO_API_INFO = b"window.gradio_api_info = null;</script>"
 
 EVENT_PATHS = ("/gradio_api/run/predict", "/gradio_api/queue/join", "/run/predict", "/queue/join")
-EVENT_DATA_KEYS = {"like": ("index", "value"), "edit": ("index", "value", "previous_value")}
-"""What Gradio reads from an event's data to build ``LikeData`` / ``EditData`` for its handler."""
+EVENT_DATA_KEYS = {
+    "like": ("index", "value"),
+    "edit": ("index", "value", "previous_value"),
+    "example_select": ("index", "value"),
+}
+"""What Gradio reads from an event's data to build ``LikeData`` / ``EditData`` / ``SelectData`` for its handler."""
 
 UPLOAD_REFUSED = "このサーバーはファイルを受け付けません。 / This server does not accept file uploads."
 NO_DEEP_LINKS = "このアプリにはディープリンクがありません。 / This app offers no deep links."
@@ -172,7 +176,7 @@ def _without_api_info_before_login(send: Send) -> Send:
 
 
 def event_data_needs(blocks: Any) -> dict[int, tuple[str, ...]]:
-    """The event data keys each of ``blocks``' handlers needs, by fn index (👍/👎 and edits)."""
+    """The event data keys each of ``blocks``' handlers needs, by fn index (👍/👎, edits, suggestion cards)."""
     return {
         index: EVENT_DATA_KEYS[event]
         for index, function in blocks.fns.items()

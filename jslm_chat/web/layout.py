@@ -14,10 +14,11 @@ from jslm_chat.model.params import SHOWN_SETTINGS, Setting
 from jslm_chat.web import gradio_overheads
 from jslm_chat.web.api import register_api
 from jslm_chat.web.chat_events import ChatHandlers
+from jslm_chat.web.event_common import language
 from jslm_chat.web.feedback import FeedbackLog
-from jslm_chat.web.saved import empty_store
+from jslm_chat.web.saved import DATE_GROUPS, empty_store
 from jslm_chat.web.saved_events import ConversationHandlers
-from jslm_chat.web.text import DELETE_CONFIRM, TRANSLATIONS, VERSION_TEXT_KEYS, header_html
+from jslm_chat.web.text import TRANSLATIONS, VERSION_TEXT_KEYS, header_html
 from jslm_chat.web.versions import no_versions
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
@@ -55,10 +56,8 @@ DOWNLOAD_JS = """(text, title, extension) => {
   setTimeout(() => { URL.revokeObjectURL(link.href); link.remove(); }, 1000);
 }"""
 
-CONFIRM_DELETE_JS = f"""(store, current) => {{
-  const text = {DELETE_CONFIRM!r};
-  return current && window.confirm(text) ? [store, current] : [store, null];
-}}"""
+WITH_UTC_OFFSET_JS = "(store) => Object.assign({}, store, {utc_offset: -new Date().getTimezoneOffset()})"
+"""The stored value with the browser's time zone (minutes east of UTC), for the side panel's date groups."""
 CHOOSE_VERSION_JS = "(choice, ...rest) => [window.jslmVersionChoice || '', ...rest]"
 """The switcher's click (``assets/app.js``) leaves "position:version" here for the hidden switch button."""
 CHAT_HEIGHT = "clamp(240px, calc(100dvh - 360px), 620px)"
@@ -76,10 +75,15 @@ VERSION_TEXT = {language: {key: TRANSLATIONS[language][key] for key in VERSION_T
 """The switcher's labels for ``assets/app.js`` (drawn in the browser, where ``gr.I18n`` does not reach)."""
 
 
-def load_examples() -> list[str]:
-    """Example prompts: blocks of ``assets/examples_ja.txt`` separated by two blank lines."""
-    text = (ASSETS / "examples_ja.txt").read_text(encoding="utf-8")
+def load_examples(lang: str = "ja") -> list[str]:
+    """Example prompts in ``lang``: blocks of ``assets/examples_<lang>.txt`` separated by two blank lines."""
+    text = (ASSETS / f"examples_{lang}.txt").read_text(encoding="utf-8")
     return [block.strip() for block in text.split("\n\n\n") if block.strip()]
+
+
+def suggestion_cards(lang: str) -> list[dict[str, str]]:
+    """The empty chat's suggestion cards (``gr.Chatbot`` examples, shown on one paragraph): a click sends one."""
+    return [{"text": text, "display_text": " ".join(text.split())} for text in load_examples(lang)]
 
 
 def offered_max_new_tokens(service: ChatService) -> int:
@@ -116,8 +120,9 @@ class Widgets:
     buttons: dict[str, gr.Button]
     store: gr.BrowserState
     current: gr.State
-    listing: gr.Radio
-    title: gr.Textbox
+    side: dict[str, Any]
+    """The side panel's parts: ``lists`` (one radio per date group), ``title``, ``manage`` (rename and delete),
+    ``confirm`` (the delete confirmation), ``empty`` (the empty-state note)."""
     switchers: gr.Textbox
 
     @property
@@ -126,9 +131,16 @@ class Widgets:
         return [self.generating, self.send, self.stop]
 
     @property
+    def title(self) -> gr.Textbox:
+        """The open conversation's title box."""
+        return self.side["title"]
+
+    @property
     def panel(self) -> list[Any]:
-        """What every side-panel event and save updates: stored value, open conversation, list, title, switchers."""
-        return [self.store, self.current, self.listing, self.title, self.switchers]
+        """What every side-panel event and save updates (:func:`~jslm_chat.web.saved_events.panel`)."""
+        side = self.side
+        parts = [side["title"], side["manage"], side["confirm"], side["empty"]]
+        return [self.store, self.current, *side["lists"], *parts, self.switchers]
 
     @property
     def emptied(self) -> list[Any]:
@@ -150,12 +162,20 @@ def build_ui(service: ChatService, *, demo_mode: bool = False, feedback: Feedbac
     with gr.Blocks(title="日本語 StableLM チャット / Japanese StableLM Chat") as app:
         store = gr.BrowserState(empty_store(), storage_key=STORAGE_KEY, secret=STORAGE_SECRET)
         current = gr.State(None)
-        listing, title, side_buttons = _sidebar(votes)
+        side, side_buttons = _sidebar(votes)
         logo = (ASSETS / "logo.svg").read_text(encoding="utf-8")
-        gr.HTML(
-            header_html(backend.preset.display_name, backend.runs_on, backend.context_length, logo, demo_mode),
-            elem_id="jslm-header",
-        )
+
+        def header(lang: str) -> str:
+            return header_html(
+                backend.preset.display_name, backend.runs_on, backend.context_length, logo, demo_mode, lang
+            )
+
+        def localized(request: gr.Request) -> tuple[Any, ...]:
+            """The header and the empty chat's suggestion cards in the visitor's language."""
+            lang = language(request)
+            return header(lang), gr.Chatbot(examples=suggestion_cards(lang))
+
+        heading = gr.HTML(header("ja"), elem_id="jslm-header")
         if demo_mode:
             gr.Markdown(i18n("jslm_demo_banner"), elem_id="jslm-demo-banner", elem_classes=["jslm-banner"])
         chatbot = gr.Chatbot(
@@ -165,6 +185,7 @@ def build_ui(service: ChatService, *, demo_mode: bool = False, feedback: Feedbac
             height=CHAT_HEIGHT,
             buttons=["copy", "copy_all"],
             placeholder=i18n("jslm_chat_placeholder"),
+            examples=None,  # the suggestion cards, in the visitor's language, come with the page load
             layout="bubble",
             editable="user",
             latex_delimiters=LATEX_DELIMITERS,
@@ -206,8 +227,7 @@ def build_ui(service: ChatService, *, demo_mode: bool = False, feedback: Feedbac
             offered = offered_max_new_tokens(service)
             controls = [setting_control(spec, defaults[spec.name], offered) for spec in SHOWN_SETTINGS]
             buttons["reset"] = gr.Button(i18n("jslm_reset"), size="sm")
-        gr.Examples(load_examples(), inputs=[textbox], label=i18n("jslm_examples"), cache_examples=False)
-        with gr.Row():
+        with gr.Row(elem_id="jslm-exports"):
             export_json = gr.Button(i18n("jslm_export_json"), size="sm", elem_id="jslm-export-json")
             export_markdown = gr.Button(i18n("jslm_export_markdown"), size="sm", elem_id="jslm-export-md")
             exported = gr.Textbox(visible="hidden", elem_id="jslm-exported")
@@ -216,10 +236,11 @@ def build_ui(service: ChatService, *, demo_mode: bool = False, feedback: Feedbac
         widgets = Widgets(
             chatbot,
             *(textbox, send, stop, status, generating, todo, versions),
-            *(controls, buttons, store, current, listing, title),
+            *(controls, buttons, store, current, side),
             gr.Textbox("[]", visible="hidden", elem_id="jslm-versions"),
         )
         conversations = ConversationHandlers(service, len(widgets.controls), len(widgets.emptied))
+        app.load(localized, None, [heading, chatbot], **INSTANT)
         reply_events = _wire(handlers, conversations, widgets)
         _wire_versions(handlers, conversations, widgets)
         _wire_conversations(app, conversations, widgets, reply_events)
@@ -231,17 +252,42 @@ def build_ui(service: ChatService, *, demo_mode: bool = False, feedback: Feedbac
 ACTIONS = ("retry", "undo", "clear")
 
 
-def _sidebar(votes: bool) -> tuple[gr.Radio, gr.Textbox, dict[str, gr.Button]]:
-    """The side panel: new chat, this browser's conversations, rename and delete."""
+def _sidebar(votes: bool) -> tuple[dict[str, Any], dict[str, gr.Button]]:
+    """The side panel: new chat, this browser's conversations by date, rename and delete (with a confirmation).
+
+    Returns the parts events update (see :attr:`Widgets.side`) and the buttons.
+    """
     with gr.Sidebar(label=i18n("jslm_conversations"), elem_id="jslm-sidebar", width=280):
-        new_chat = gr.Button(i18n("jslm_new_chat"), variant="primary", size="sm", elem_id="jslm-new-chat")
-        listing = gr.Radio([], value=None, label=i18n("jslm_conversations"), elem_id="jslm-conversations")
-        title = gr.Textbox(label=i18n("jslm_title"), max_length=200, elem_id="jslm-title")
-        with gr.Row():
-            rename = gr.Button(i18n("jslm_rename"), size="sm", min_width=64, elem_id="jslm-rename")
-            delete = gr.Button(i18n("jslm_delete"), size="sm", min_width=64, variant="stop", elem_id="jslm-delete")
+        new_chat = gr.Button(i18n("jslm_new_chat"), variant="primary", elem_id="jslm-new-chat")
+        empty = gr.Markdown(i18n("jslm_no_conversations"), elem_id="jslm-no-conversations")
+        lists = [
+            gr.Radio(
+                [],
+                value=None,
+                label=i18n("jslm_" + group),
+                visible=False,
+                container=False,
+                elem_id="jslm-conversations-" + group,
+                elem_classes=["jslm-conversations"],
+            )
+            for group in DATE_GROUPS
+        ]
+        with gr.Column(visible=False, elem_id="jslm-manage") as manage:
+            title = gr.Textbox(label=i18n("jslm_title"), max_length=200, elem_id="jslm-title")
+            with gr.Row():
+                rename = gr.Button(i18n("jslm_rename"), size="sm", min_width=64, elem_id="jslm-rename")
+                delete = gr.Button(i18n("jslm_delete"), size="sm", min_width=64, elem_id="jslm-delete")
+            with gr.Column(visible=False, elem_id="jslm-delete-confirm") as confirm:
+                gr.Markdown(i18n("jslm_delete_confirm"))
+                with gr.Row():
+                    cancel = gr.Button(i18n("jslm_cancel"), size="sm", min_width=64, elem_id="jslm-delete-cancel")
+                    delete_yes = gr.Button(
+                        i18n("jslm_delete_yes"), size="sm", min_width=64, variant="stop", elem_id="jslm-delete-yes"
+                    )
         gr.Markdown(i18n("jslm_saved_note_votes" if votes else "jslm_saved_note"), elem_id="jslm-saved-note")
-    return listing, title, {"new_chat": new_chat, "rename": rename, "delete": delete}
+    side = {"lists": lists, "title": title, "manage": manage, "confirm": confirm, "empty": empty}
+    buttons = {"new_chat": new_chat, "rename": rename, "delete": delete, "cancel": cancel, "delete_yes": delete_yes}
+    return side, buttons
 
 
 INSTANT: dict[str, Any] = {"queue": False, "api_visibility": "private"}
@@ -279,10 +325,14 @@ def _wire(handlers: ChatHandlers, conversations: ConversationHandlers, w: Widget
         then(w.send.click(handlers.submit, *submitted, **INSTANT), handlers.respond),
         then(w.buttons["retry"].click(handlers.retry, *retried, **INSTANT), handlers.respond),
         then(w.buttons["continue"].click(handlers.start_continue, *continued, **INSTANT), handlers.continue_reply),
+        then(
+            w.chatbot.example_select(handlers.submit_example, submitted[0][1:], submitted[1], **INSTANT),
+            handlers.respond,
+        ),
     ]
     w.chatbot.edit(None, None, None, cancels=list(reply_events), **INSTANT)  # the edited reply's updates stop
-    edited = w.chatbot.edit(
-        handlers.edit, [w.chatbot, w.versions], [w.chatbot, w.versions, *w.sending, w.pending], **INSTANT
+    edited = w.chatbot.edit(  # queued: the warning for a refused edit reaches the page only from the queue
+        handlers.edit, [w.chatbot, w.versions], [w.chatbot, w.versions, *w.sending, w.pending], api_visibility="private"
     )
     reply_events.append(then(edited, handlers.respond))
     w.stop.click(handlers.stop, None, None, **INSTANT)
@@ -303,28 +353,30 @@ def _wire_conversations(
 ) -> None:
     """The side panel: restore on load, new chat (also Clear), switch, rename, delete; settings saved on change."""
     app.load(
-        conversations.load, [w.store], [*w.panel, w.chatbot, w.versions, *w.controls], api_visibility="private"
+        conversations.load,
+        [w.store],
+        [*w.panel, w.chatbot, w.versions, *w.controls],
+        js=WITH_UTC_OFFSET_JS,
+        api_visibility="private",
     ).then(
         None, js="() => { document.body.dataset.jslmRestored = 'true'; }", **INSTANT
     )  # a mark that the page's own state is in place (the browser tests wait for it)
     for starting in (w.buttons["new_chat"].click, w.buttons["clear"].click, w.chatbot.clear):
         starting(conversations.new_chat, w.saved, [*w.panel, *w.emptied], cancels=reply_events, **INSTANT)
-    w.listing.input(
-        conversations.open,
-        [w.listing, *w.saved],
-        [*w.panel, *w.emptied, *w.controls],
-        cancels=reply_events,
-        **INSTANT,
-    )
+    for listing in w.side["lists"]:
+        listing.input(
+            conversations.open,
+            [listing, *w.saved],
+            [*w.panel, *w.emptied, *w.controls],
+            cancels=reply_events,
+            **INSTANT,
+        )
     for renaming in (w.buttons["rename"].click, w.title.submit):
-        renaming(conversations.rename, [w.store, w.current, w.title], [w.store, w.listing, w.title], **INSTANT)
-    w.buttons["delete"].click(
-        conversations.delete,
-        [w.store, w.current],
-        [*w.panel, *w.emptied],
-        js=CONFIRM_DELETE_JS,
-        cancels=reply_events,
-        **INSTANT,
+        renaming(conversations.rename, [w.store, w.current, w.title], w.panel, **INSTANT)
+    for button, shown in ((w.buttons["delete"], True), (w.buttons["cancel"], False)):  # Delete asks first
+        button.click(lambda shown=shown: gr.Column(visible=shown), None, w.side["confirm"], **INSTANT)
+    w.buttons["delete_yes"].click(
+        conversations.delete, [w.store, w.current], [*w.panel, *w.emptied], cancels=reply_events, **INSTANT
     )
     changed = [control.release if isinstance(control, gr.Slider) else control.blur for control in w.controls]
     gr.on(changed, conversations.save, w.saved, w.panel, **INSTANT)
@@ -362,7 +414,8 @@ def _wire_extras(
             **INSTANT,
         )
     if handlers.feedback is not None:
-        w.chatbot.like(handlers.vote, [w.chatbot, comment, *w.controls], comment, **INSTANT)
+        # queued: the vote's confirmation (or refusal) reaches the page only from the queue
+        w.chatbot.like(handlers.vote, [w.chatbot, comment, *w.controls], comment, api_visibility="private")
 
 
 GRADIO_QUEUE_SIZE = 1024  # events waiting for a worker thread; replies wait in ChatService's own line
@@ -387,6 +440,11 @@ def launch_options() -> dict[str, Any]:
             primary_hue="indigo",
             font=["Hiragino Sans", "Noto Sans JP", "Yu Gothic UI", "Meiryo", "system-ui", "sans-serif"],
             font_mono=["Noto Sans Mono CJK JP", "ui-monospace", "monospace"],
+        ).set(  # text contrast of at least 4.5:1 (the theme's lighter indigo gives 3.6 to 4.5)
+            button_primary_background_fill="*primary_600",
+            button_primary_background_fill_hover="*primary_700",
+            block_title_text_color="*primary_700",
+            block_label_text_color="*primary_700",
         ),
         "css_paths": [ASSETS / "style.css"],
         "js": (ASSETS / "app.js").read_text(encoding="utf-8").replace("JSLM_VERSION_TEXT", json.dumps(VERSION_TEXT)),

@@ -1,7 +1,8 @@
 """Conversations saved in the browser (local storage through ``gr.BrowserState``), never on the server.
 
-The stored value is ``{"version": 1, "conversations": [...], "open": id}``, newest first (``open``: the
-conversation the browser had open, reopened on reload); each conversation is
+The stored value is ``{"version": 1, "conversations": [...], "open": id, "utc_offset": minutes}``, newest
+first (``open``: the conversation the browser had open, reopened on reload; ``utc_offset``: the browser's
+time zone, which the page writes in on load, for the side panel's date groups); each conversation is
 ``{"id", "title", "updated", "messages", "settings", "versions"}`` with plain ``{role, content}`` messages,
 the settings of :data:`~jslm_chat.model.params.SHOWN_SETTINGS` by name, and the messages' other versions and
 the replies' records (:mod:`jslm_chat.web.versions`; a conversation saved without them has none). What
@@ -35,6 +36,10 @@ base64-encodes it, inside the browsers' 5 M-character local storage quota per si
 MAX_TITLE_CHARS = 60
 MAX_ID_CHARS = 64
 NEW_CHAT_TITLE = "新しい会話 / New chat"
+DATE_GROUPS = ("today", "yesterday", "week", "older")
+"""The side panel's groups, newest first: today, yesterday, the 7 days before, older (in the browser's time zone)."""
+MAX_UTC_OFFSET_MINUTES = 14 * 60
+DAY_SECONDS = 86_400
 
 Message = dict[str, str]
 
@@ -81,7 +86,7 @@ class Restored:
 
 def empty_store() -> dict[str, Any]:
     """The value of a browser that has saved nothing yet."""
-    return {"version": STORE_VERSION, "conversations": [], "open": None}
+    return {"version": STORE_VERSION, "conversations": [], "open": None, "utc_offset": 0}
 
 
 def new_id() -> str:
@@ -189,10 +194,32 @@ def bounded(conversations: Sequence[SavedConversation]) -> list[SavedConversatio
     return kept
 
 
-def store_value(conversations: Sequence[SavedConversation], current: str | None = None) -> dict[str, Any]:
-    """The value to store in the browser (bounded), with the open conversation's id (None: a new chat)."""
+def store_value(
+    conversations: Sequence[SavedConversation], current: str | None = None, offset: int = 0
+) -> dict[str, Any]:
+    """The value to store in the browser (bounded), with the open conversation's id (None: a new chat) and the
+    browser's UTC offset in minutes."""
     kept = [item.as_json() for item in bounded(conversations)]
-    return {"version": STORE_VERSION, "conversations": kept, "open": current}
+    return {"version": STORE_VERSION, "conversations": kept, "open": current, "utc_offset": offset}
+
+
+def utc_offset(raw: object) -> int:
+    """The browser's UTC offset in minutes from its stored value (0 when missing or malformed)."""
+    offset = raw.get("utc_offset") if isinstance(raw, Mapping) else None
+    if isinstance(offset, bool) or not isinstance(offset, int) or abs(offset) > MAX_UTC_OFFSET_MINUTES:
+        return 0
+    return offset
+
+
+def date_group(updated: float, now: float, offset: int) -> str:
+    """The :data:`DATE_GROUPS` name for a conversation last updated at ``updated`` (seconds), seen at ``now``
+    by a browser ``offset`` minutes east of UTC."""
+    days = int((now + offset * 60) // DAY_SECONDS - (updated + offset * 60) // DAY_SECONDS)
+    if days <= 0:
+        return "today"
+    if days == 1:
+        return "yesterday"
+    return "week" if days <= 7 else "older"
 
 
 OLDER_STORE = object()  # a stored value written before the open conversation was stored

@@ -1,6 +1,7 @@
 """The text the UI shows: static labels for ``gr.I18n`` and the dynamic status lines.
 
-Static labels are in Japanese (the default) and English; dynamic lines carry both languages.
+Static labels are in Japanese (the default) and English; the browser's language picks the table. Dynamic
+lines (header, status line, notices) come in the visitor's language (:func:`language_of`); errors carry both.
 
 Keys are English identifiers prefixed ``jslm_`` (Gradio's own keys, such as ``chatbot``, are
 namespaces that a plain key would clash with); the browser's language picks the table. Every table has every
@@ -40,7 +41,6 @@ JA: dict[str, str] = {
     "jslm_seed_info": ("空欄でランダム（使ったシードは状態表示に出ます）。同じシードと設定で同じ返答を再現できます。"),
     "jslm_seed_placeholder": "ランダム",
     "jslm_reset": "設定を初期値に戻す",
-    "jslm_examples": "例",
     "jslm_continue": "続きを生成",
     "jslm_feedback_comment": "評価へのコメント（任意）",
     "jslm_export_json": "JSON で保存",
@@ -50,6 +50,14 @@ JA: dict[str, str] = {
     "jslm_title": "タイトル",
     "jslm_rename": "名前を変更",
     "jslm_delete": "削除",
+    "jslm_no_conversations": "まだ会話はありません。メッセージを送ると、ここに自動で保存されます。",
+    "jslm_today": "今日",
+    "jslm_yesterday": "昨日",
+    "jslm_week": "過去 7 日間",
+    "jslm_older": "それ以前",
+    "jslm_delete_confirm": "この会話を削除しますか？元に戻せません。",
+    "jslm_delete_yes": "削除する",
+    "jslm_cancel": "キャンセル",
     "jslm_saved_note": (
         f"会話はこのブラウザの中にだけ保存されます（新しい順に {MAX_SAVED_CONVERSATIONS} 件まで）。"
         "サーバーには残りません。"
@@ -99,7 +107,6 @@ EN: dict[str, str] = {
     ),
     "jslm_seed_placeholder": "random",
     "jslm_reset": "Reset settings",
-    "jslm_examples": "Examples",
     "jslm_continue": "Continue",
     "jslm_feedback_comment": "Comment on your rating (optional)",
     "jslm_export_json": "Save as JSON",
@@ -109,6 +116,14 @@ EN: dict[str, str] = {
     "jslm_title": "Title",
     "jslm_rename": "Rename",
     "jslm_delete": "Delete",
+    "jslm_no_conversations": "No conversations yet. Send a message and it is saved here automatically.",
+    "jslm_today": "Today",
+    "jslm_yesterday": "Yesterday",
+    "jslm_week": "Previous 7 days",
+    "jslm_older": "Older",
+    "jslm_delete_confirm": "Delete this conversation? This cannot be undone.",
+    "jslm_delete_yes": "Delete",
+    "jslm_cancel": "Cancel",
     "jslm_saved_note": (
         f"Conversations are saved in this browser only (the {MAX_SAVED_CONVERSATIONS} newest), never on the server."
     ),
@@ -143,56 +158,97 @@ TRANSLATIONS: dict[str, dict[str, str]] = {
 }
 
 
-def status_line(reply: ReplyStream, context_length: int, finish_reason: str | None = None) -> str:
-    """The line under the chat: progress or why it ended, context used, cache reuse, speed, turns left out, seed."""
-    used = reply.prompt.num_tokens + reply.new_tokens
-    speed = reply.tokens_per_second
-    parts = [
-        FINISH_NOTES.get(finish_reason or reply.finish_reason or "", GENERATING),
-        f"コンテキスト (context): {used:,} / {context_length:,} トークン",
-        f"速度 (speed): {speed:.1f} トークン/秒 (tok/s)" if speed else "速度 (speed): –",
-        f"シード (seed): {reply.seed}",
-    ]
-    if reply.prompt.dropped_turns:
-        parts.insert(-1, f"省略したターン (turns left out): {reply.prompt.dropped_turns}")
-    if reply.reused_tokens:
-        parts.insert(2, f"再利用 (cached): {reply.reused_tokens:,} トークン")
-    return " · ".join(parts)
+def language_of(accept_language: str | None) -> str:
+    """The visitor's language from an ``Accept-Language`` header, as Gradio's labels pick theirs: "ja" for a
+    browser whose first language gets the Japanese table (or that names none), else "en"."""
+    first = (accept_language or "").split(",")[0].split(";")[0].strip().lower()
+    primary = first.split("-")[0]
+    return "ja" if not primary or TRANSLATIONS.get(primary) is JA else "en"
 
 
-GENERATING = "生成中… (generating)"
-FINISH_NOTES = {
-    "eos": "完了 (done)",
-    "stopped": "停止しました (stopped)",
-    "length": "完了: 最大生成トークン数に達しました (done: hit max_new_tokens)",
+LINE_PARTS = {
+    "ja": {
+        "context": "コンテキスト {used:,} / {total:,} トークン",
+        "cached": "再利用 {count:,} トークン",
+        "speed": "{speed:.1f} トークン/秒",
+        "dropped": "省略したターン {count}",
+        "seed": "シード {seed}",
+    },
+    "en": {
+        "context": "context {used:,} / {total:,} tokens",
+        "cached": "{count:,} cached",
+        "speed": "{speed:.1f} tok/s",
+        "dropped": "{count} turn(s) left out",
+        "seed": "seed {seed}",
+    },
 }
+FINISH_NOTES = {
+    "ja": {
+        "": "生成中…",
+        "eos": "完了",
+        "stopped": "停止しました",
+        "length": "完了: 最大生成トークン数 (max_new_tokens) に達しました",
+    },
+    "en": {"": "Generating…", "eos": "Done", "stopped": "Reply stopped", "length": "Done: hit max_new_tokens"},
+}
+STARTING = {"ja": "準備中…", "en": "Starting…"}
+
+
+def status_line(reply: ReplyStream, context_length: int, finish_reason: str | None = None, language: str = "ja") -> str:
+    """The line under the chat: progress or why it ended, context used, cache reuse, speed, turns left out, seed
+    (a figure that is zero or unknown is left out)."""
+    parts = LINE_PARTS[language]
+    notes = FINISH_NOTES[language]
+    line = [
+        notes.get(finish_reason or reply.finish_reason or "", notes[""]),
+        parts["context"].format(used=reply.prompt.num_tokens + reply.new_tokens, total=context_length),
+    ]
+    if reply.reused_tokens:
+        line.append(parts["cached"].format(count=reply.reused_tokens))
+    if reply.tokens_per_second:
+        line.append(parts["speed"].format(speed=reply.tokens_per_second))
+    if reply.prompt.dropped_turns:
+        line.append(parts["dropped"].format(count=reply.prompt.dropped_turns))
+    line.append(parts["seed"].format(seed=reply.seed))
+    return " · ".join(line)
+
+
 NOTHING_TO_SEND = "送信するメッセージがありません / Nothing to send"
 NOTHING_TO_RETRY = "再生成する返答がありません / Nothing to retry"
 NOTHING_TO_CONTINUE = "続きを生成する返答がありません / Nothing to continue"
-STARTING = "準備中… (starting)"
-DELETE_CONFIRM = "この会話を削除しますか？ / Delete this conversation?"
-VOTE_RECORDED = (
-    "評価を送りました。ありがとうございます（会話はサーバーの評価ログに記録されました）。"
-    " / Thank you: your rating and the conversation were sent to the server's feedback log."
-)
+VOTE_RECORDED = {
+    "ja": "評価を送りました。ありがとうございます（会話はサーバーの評価ログに記録されました）。",
+    "en": "Thank you: your rating and the conversation were sent to the server's feedback log.",
+}
 
 
-def waiting_line(ahead: int) -> str:
+def waiting_line(ahead: int, language: str = "ja") -> str:
     """The status line while a request waits for a generation slot."""
-    return f"順番待ちです。前に {ahead} 件あります… / Waiting in line: {ahead} ahead of you…"
+    if language == "en":
+        return f"Waiting in line: {ahead} ahead of you…"
+    return f"順番待ちです。前に {ahead} 件あります…"
 
 
-def header_html(model: str, runs_on: str, context_length: int, logo_svg: str, demo_mode: bool) -> str:
+HEADER_TEXT = {
+    "ja": ("日本語 StableLM チャット", "モデル", "実行環境", "コンテキスト"),
+    "en": ("Japanese StableLM Chat", "Model", "Runs on", "Context"),
+}
+
+
+def header_html(
+    model: str, runs_on: str, context_length: int, logo_svg: str, demo_mode: bool, language: str = "ja"
+) -> str:
     """The header: logo, title, model, where it runs (device and dtype, or the vLLM server), context."""
+    title, model_label, runs_on_label, context_label = HEADER_TEXT[language]
     badge = ' <span class="jslm-demo-badge">DEMO</span>' if demo_mode else ""
     return (
         '<div class="jslm-header">'
         f'<span class="jslm-logo" aria-hidden="true">{logo_svg}</span>'
         "<div>"
-        f"<h1>日本語 StableLM チャット{badge}</h1>"
-        f'<p class="jslm-model">モデル (model): <b>{html.escape(model)}</b> · '
-        f"実行環境 (runs on): <b>{html.escape(runs_on)}</b> · "
-        f"コンテキスト (context): <b>{context_length:,}</b></p>"
+        f"<h1>{title}{badge}</h1>"
+        f'<p class="jslm-model">{model_label}: <b>{html.escape(model)}</b> · '
+        f"{runs_on_label}: <b>{html.escape(runs_on)}</b> · "
+        f"{context_label}: <b>{context_length:,}</b></p>"
         "</div></div>"
     )
 
