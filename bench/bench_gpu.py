@@ -301,7 +301,7 @@ def main() -> None:
             parser.error(refusal)
         args.compile = True
     if args.small:
-        args.tokens, args.runs, args.rounds = min(args.tokens, 16), 1, 1
+        args.tokens, args.runs, args.rounds = min(args.tokens, 16), 1, 3
     on_gpu = args.device.startswith("cuda")
     if not on_gpu:
         torch.set_num_threads(1)  # steady on a shared machine (see bench_inprocess.py)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import math
 import os
 import statistics
 import sys
@@ -155,7 +156,8 @@ def decode_rates(runs: dict[str, Callable[[int], Any]], tokens: int, rounds: int
     The same measure for every path, from the caller's side: what one request costs besides
     decoding (prefill, start, HTTP) is the same for 1 token and for ``tokens`` and cancels out.
     The paths take turns, ``rounds`` times, and each gets its median: a slow spell of a shared
-    machine then touches all of them alike.
+    machine then touches all of them alike. A round whose 1-token run took longer than the whole
+    reply measures nothing and is left out (``nan`` if every round was).
     """
     rates: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
@@ -165,8 +167,10 @@ def decode_rates(runs: dict[str, Callable[[int], Any]], tokens: int, rounds: int
             one = time.perf_counter() - started
             started = time.perf_counter()
             run(tokens)
-            rates[name].append((tokens - 1) / (time.perf_counter() - started - one))
-    return {name: statistics.median(values) for name, values in rates.items()}
+            decoding = time.perf_counter() - started - one
+            if decoding > 0:  # else a slow spell hit the 1-token run: no measure this round
+                rates[name].append((tokens - 1) / decoding)
+    return {name: statistics.median(values) if values else math.nan for name, values in rates.items()}
 
 
 def bare_generate(backend: InProcessBackend, prompt_ids: list[int], *, criteria: bool, streamer: bool) -> Callable:
