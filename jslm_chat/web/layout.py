@@ -153,6 +153,42 @@ class Widgets:
         return [self.store, self.current, self.chatbot, self.versions, *self.controls]
 
 
+def _chatbot(votes: bool) -> gr.Chatbot:
+    """The chat: bubbles, the user's messages editable, 👍/👎 only where votes are recorded."""
+    return gr.Chatbot(
+        label="会話 / Chat",
+        show_label=False,
+        elem_id="jslm-chatbot",
+        height=CHAT_HEIGHT,
+        buttons=["copy", "copy_all"],
+        placeholder=i18n("jslm_chat_placeholder"),
+        examples=None,  # the suggestion cards, in the visitor's language, come with the page load
+        layout="bubble",
+        editable="user",
+        latex_delimiters=LATEX_DELIMITERS,
+        allow_tags=list(HTML_SHOWN_AS_TEXT),
+        feedback_options=("Like", "Dislike") if votes else None,
+    )
+
+
+def _input_row() -> tuple[gr.Textbox, gr.Button, gr.Button]:
+    """The message box with Send, and Stop in Send's place while a reply streams."""
+    with gr.Row(equal_height=True, elem_id="jslm-input-row"):
+        textbox = gr.Textbox(
+            label=i18n("jslm_message"),
+            show_label=False,
+            placeholder=i18n("jslm_message_placeholder"),
+            lines=1,  # Gradio: Enter sends only when lines == 1; the box still grows to max_lines
+            max_lines=10,
+            autofocus=True,
+            scale=8,
+            elem_id="jslm-input",
+        )
+        send = gr.Button(i18n("jslm_send"), variant="primary", scale=1, min_width=90, elem_id="jslm-send")
+        stop = gr.Button(i18n("jslm_stop"), variant="stop", scale=1, min_width=90, visible=False, elem_id="jslm-stop")
+    return textbox, send, stop
+
+
 def build_ui(service: ChatService, *, demo_mode: bool = False, feedback: FeedbackLog | None = None) -> gr.Blocks:
     """The chat app: side panel of saved conversations, chat, settings, examples, status line, export,
     votes, and the ``/chat``, ``/prompt`` API."""
@@ -178,35 +214,8 @@ def build_ui(service: ChatService, *, demo_mode: bool = False, feedback: Feedbac
         heading = gr.HTML(header("ja"), elem_id="jslm-header")
         if demo_mode:
             gr.Markdown(i18n("jslm_demo_banner"), elem_id="jslm-demo-banner", elem_classes=["jslm-banner"])
-        chatbot = gr.Chatbot(
-            label="会話 / Chat",
-            show_label=False,
-            elem_id="jslm-chatbot",
-            height=CHAT_HEIGHT,
-            buttons=["copy", "copy_all"],
-            placeholder=i18n("jslm_chat_placeholder"),
-            examples=None,  # the suggestion cards, in the visitor's language, come with the page load
-            layout="bubble",
-            editable="user",
-            latex_delimiters=LATEX_DELIMITERS,
-            allow_tags=list(HTML_SHOWN_AS_TEXT),
-            feedback_options=("Like", "Dislike") if votes else None,
-        )
-        with gr.Row(equal_height=True, elem_id="jslm-input-row"):
-            textbox = gr.Textbox(
-                label=i18n("jslm_message"),
-                show_label=False,
-                placeholder=i18n("jslm_message_placeholder"),
-                lines=1,  # Gradio: Enter sends only when lines == 1; the box still grows to max_lines
-                max_lines=10,
-                autofocus=True,
-                scale=8,
-                elem_id="jslm-input",
-            )
-            send = gr.Button(i18n("jslm_send"), variant="primary", scale=1, min_width=90, elem_id="jslm-send")
-            stop = gr.Button(
-                i18n("jslm_stop"), variant="stop", scale=1, min_width=90, visible=False, elem_id="jslm-stop"
-            )
+        chatbot = _chatbot(votes)
+        textbox, send, stop = _input_row()
         gr.Markdown(i18n("jslm_disclaimer_votes" if votes else "jslm_disclaimer"), elem_id="jslm-disclaimer")
         with gr.Row(elem_id="jslm-actions"):  # one row, phones included
             buttons = {
