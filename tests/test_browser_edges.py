@@ -306,6 +306,19 @@ def test_a_refused_edit_keeps_every_turn_also_after_a_reload(page):
     reload(page)
     expect(page.locator(USER)).to_have_text(questions, timeout=TIMEOUT_MS)
     expect(page.locator(BOT)).to_have_count(3)
+    page.locator('#jslm-chatbot button[aria-label="編集"]').nth(2).click()  # Enter saves an edit, no newline
+    box = page.locator("#jslm-chatbot textarea")
+    box.fill("直した三つ目")
+    box.press("Enter")
+    expect(page.locator(USER)).to_have_text([*questions[:2], "直した三つ目"], timeout=TIMEOUT_MS)
+    expect(page.locator("#jslm-chatbot textarea")).to_have_count(0)
+    expect(page.locator(BOT)).to_have_count(3, timeout=TIMEOUT_MS)
+
+    def last_saved_question() -> object:
+        saved = read_store(page)["conversations"]
+        return [m["content"] for m in saved[0]["messages"] if m["role"] == "user"][-1] if saved else None
+
+    assert wait_until(lambda: last_saved_question() == "直した三つ目", 30), last_saved_question()
 
 
 def test_the_phone_screen_first_screen_touch_targets_and_the_side_panel_closing_after_a_pick(
