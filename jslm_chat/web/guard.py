@@ -37,8 +37,8 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 about 3.4 MB once encrypted, plus an open conversation of 400,000 characters, at most 2.4 MB as JSON
 escapes) fits with room to spare."""
 UPLOAD_PATHS = ("/gradio_api/upload", "/upload")
-DEEP_LINK_PATHS = ("/gradio_api/deep_link", "/deep_link")
-OPENAI_PATHS = "/v1/"
+DEEP_LINK_PATH = "/gradio_api/deep_link"  # Gradio serves it at this path only
+OPENAI_PREFIX = "/v1/"
 ICON_PATH = "/pwa_icon"
 API_INFO = re.compile(rb"window\.gradio_api_info = .*?;</script>", re.DOTALL)
 NO_API_INFO = b"window.gradio_api_info = null;</script>"
@@ -92,7 +92,7 @@ class Guard:
         if path in UPLOAD_PATHS:
             await json_response(send, 403, UPLOAD_REFUSED)
             return
-        if path in DEEP_LINK_PATHS:
+        if path == DEEP_LINK_PATH:
             await json_response(send, 404, NO_DEEP_LINKS)
             return
         if method == "POST" and path in EVENT_PATHS and self.event_data:
@@ -134,7 +134,7 @@ class Guard:
 
 async def _too_large(path: str, send: Send) -> None:
     """The 413, in OpenAI's error shape on the OpenAI API (its clients read ``error.message``)."""
-    openai = path.startswith(OPENAI_PATHS)
+    openai = path.startswith(OPENAI_PREFIX)
     shaped = ApiError(TOO_LARGE, status=413, code="request_too_large").body() if openai else None
     await json_response(send, 413, TOO_LARGE, payload=shaped)
 
